@@ -1,0 +1,160 @@
+"""Configuration: arguments > environment (``METER_*``) > ``[tool.meter]`` in the nearest
+pyproject.toml > defaults. Each resolved value remembers where it came from."""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .errors import ConfigError
+
+DEFAULTS: dict[str, Any] = {
+    "region": None,
+    "pue": 1.0,
+    "interval_s": 0.1,
+    "output_dir": "meter-runs",
+    "gpus": "visible",
+    "rapl_root": "/sys/class/powercap",
+}
+ENV = {
+    "region": "METER_REGION",
+    "pue": "METER_PUE",
+    "interval_s": "METER_INTERVAL_S",
+    "output_dir": "METER_OUTPUT_DIR",
+    "gpus": "METER_GPUS",
+    "rapl_root": "METER_RAPL_ROOT",
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    region: str | None
+    pue: float
+    interval_s: float
+    output_dir: str
+    gpus: Any
+    rapl_root: str
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "region": self.region,
+            "pue": self.pue,
+            "interval_s": self.interval_s,
+            "output_dir": os.path.abspath(self.output_dir),
+            "gpus": self.gpus if isinstance(self.gpus, str) else list(self.gpus),
+            "rapl_root": self.rapl_root,
+            "sources": dict(self.sources),
+        }
+
+
+def suggest(name: str, known) -> str:
+    close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.5)
+    return f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(sorted(known))}"
+
+
+def find_pyproject(start: str | None = None) -> str | None:
+    """The nearest pyproject.toml at or above ``start`` (default: the working directory)."""
+    d = os.path.abspath(start or os.getcwd())
+    while True:
+        p = os.path.join(d, "pyproject.toml")
+        if os.path.isfile(p):
+            return p
+        parent = os.path.dirname(d)
+        if parent == d:
+            return None
+        d = parent
+
+
+def read_pyproject(path: str | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read [tool.meter] ({exc}); fix the file or move away from it") from exc
+    table = data.get("tool", {}).get("meter", {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [tool.meter] must be a table")
+    return table
+
+
+def _float(name: str, value: Any, where: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}={value!r} from {where} is not a number") from None
+
+
+def validate_gpus(value: Any, where: str) -> Any:
+    if value is None:
+        return "visible"
+    if isinstance(value, str):
+        v = value.strip()
+        if v.lower() in ("visible", "all"):
+            return v.lower()
+        if v.lower() in ("none", ""):
+            return ()
+        return tuple(p.strip() for p in v.split(",") if p.strip())
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise ConfigError(f"gpus={value!r} from {where}: GPU indices start at 0")
+        return (str(value),)
+    try:
+        items = tuple(str(v).strip() for v in value)
+    except TypeError:
+        raise ConfigError(
+            f"gpus={value!r} from {where}: use 'visible', 'all', 'none', an index, a UUID, or a list of them"
+        ) from None
+    for it in items:
+        if it.startswith("-"):
+            raise ConfigError(f"gpus entry {it!r} from {where}: GPU indices start at 0")
+    return items
+
+
+def resolve(args: Mapping[str, Any], environ: Mapping[str, str] | None = None, pyproject: str | None = None) -> Config:
+    """Merge the sources and validate every value. Raises ConfigError with the fix."""
+    environ = os.environ if environ is None else environ
+    table = read_pyproject(pyproject if pyproject is not None else find_pyproject())
+    for k in table:
+        if k not in DEFAULTS:
+            raise ConfigError(f"[tool.meter] has unknown key {k!r}{suggest(k, DEFAULTS)}")
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for k, default in DEFAULTS.items():
+        if args.get(k) is not None:
+            values[k], sources[k] = args[k], "argument"
+        elif environ.get(ENV[k]):
+            values[k], sources[k] = environ[ENV[k]], f"environment {ENV[k]}"
+        elif k in table:
+            values[k], sources[k] = table[k], "[tool.meter] in pyproject.toml"
+        else:
+            values[k], sources[k] = default, "default"
+
+    pue = _float("pue", values["pue"], sources["pue"])
+    if not pue >= 1.0:
+        raise ConfigError(f"pue={pue} from {sources['pue']}: PUE is facility energy / IT energy, so it must be >= 1 (1.0 = no overhead)")
+    interval = _float("interval_s", values["interval_s"], sources["interval_s"])
+    if not interval > 0:
+        raise ConfigError(f"interval_s={interval} from {sources['interval_s']}: the sampling interval must be > 0 seconds (default 0.1)")
+    if interval < 0.001:
+        raise ConfigError(f"interval_s={interval}: below 1 ms the sampler costs more than it sees; use >= 0.001")
+    region = values["region"]
+    if region is not None:
+        region = str(region).strip()
+        if not region:
+            region = None
+    return Config(
+        region=region,
+        pue=pue,
+        interval_s=interval,
+        output_dir=str(values["output_dir"]),
+        gpus=validate_gpus(values["gpus"], sources["gpus"]),
+        rapl_root=str(values["rapl_root"]),
+        sources=sources,
+    )

@@ -1,0 +1,502 @@
+"""``Meter``: configuration, sensors, the sampler and the run log, tied together.
+
+The only global is the lazily created default Meter behind ``meter.track``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import socket
+import sys
+import threading
+import weakref
+from collections import deque
+from typing import Any
+
+from . import config as config_mod
+from .clock import SystemClock, utc_iso
+from .errors import ConfigError
+from .sensors import COMPONENTS, COUNTER, ESTIMATED, Discovery, Unavailable
+from .spans import _PROV_RANK, ComponentEnergy, DeviceEnergy, Measurement, Span, Track, _check_counts, _current
+
+log = logging.getLogger("meter")
+
+_meters: "weakref.WeakSet[Meter]" = weakref.WeakSet()
+_hooks_installed = False
+_default: "Meter | None" = None
+_default_lock = threading.Lock()
+
+
+def _install_process_hooks() -> None:
+    global _hooks_installed
+    if _hooks_installed:
+        return
+    _hooks_installed = True
+    atexit.register(_close_all)
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(before=_before_fork, after_in_child=_after_fork_child)
+
+
+def _close_all() -> None:
+    for m in list(_meters):
+        try:
+            m.close()
+        except Exception:  # noqa: BLE001 - at exit, one meter's trouble must not stop the others
+            log.exception("meter: closing a Meter at exit failed")
+
+
+def _before_fork() -> None:
+    for m in list(_meters):
+        m._flush_files()
+
+
+def _after_fork_child() -> None:
+    for m in list(_meters):
+        m._become_fork_child()
+
+
+def default_meter() -> "Meter":
+    """The Meter behind ``meter.track``, created on first use from environment and pyproject."""
+    global _default
+    m = _default
+    if m is None or m._closed:
+        with _default_lock:
+            if _default is None or _default._closed:
+                _default = Meter()
+            m = _default
+    return m
+
+
+class Meter:
+    """Measures energy per stage. See DESIGN.md for the public contract.
+
+    Arguments override ``METER_*`` environment variables, which override ``[tool.meter]`` in the
+    nearest pyproject.toml, which override the defaults (region None = world average with a
+    warning; pue 1.0; interval_s 0.1; output_dir "meter-runs"; gpus "visible";
+    rapl_root "/sys/class/powercap").
+
+    ``write=False`` keeps everything in memory (no run directory). ``sensors=`` replaces sensor
+    discovery (tests, custom hardware); ``nvml=`` is a pynvml-compatible binding; ``clock=``
+    provides ``monotonic()`` and ``wall()``; ``cpu_tdp_w`` overrides the TDP table for the CPU
+    estimate; ``pid`` attributes the CPU/RAM estimate to another process tree (``meter run``).
+    """
+
+    def __init__(
+        self,
+        region: str | None = None,
+        pue: float | None = None,
+        interval_s: float | None = None,
+        output_dir: str | None = None,
+        gpus: Any = None,
+        rapl_root: str | None = None,
+        *,
+        run_name: str | None = None,
+        write: bool = True,
+        sensors: list | None = None,
+        nvml: Any = None,
+        clock: Any = None,
+        cpu_tdp_w: float | None = None,
+        pid: int | None = None,
+        sync_cuda: bool = True,
+        environ: dict | None = None,
+        pyproject: str | None = None,
+        **unknown: Any,
+    ):
+        if unknown:
+            k = next(iter(unknown))
+            raise ConfigError(f"Meter() got an unknown argument {k!r}{config_mod.suggest(k, _ARG_NAMES)}")
+        self.config = config_mod.resolve(
+            {"region": region, "pue": pue, "interval_s": interval_s, "output_dir": output_dir, "gpus": gpus, "rapl_root": rapl_root},
+            environ,
+            pyproject,
+        )
+        if cpu_tdp_w is not None and not (isinstance(cpu_tdp_w, (int, float)) and cpu_tdp_w > 0):
+            raise ConfigError(f"cpu_tdp_w={cpu_tdp_w!r}: give the CPU's TDP in watts, > 0")
+        self._environ = os.environ if environ is None else environ
+        self.clock = clock or SystemClock()
+        self._write = write
+        self._given_sensors = sensors
+        self._nvml = nvml
+        self._cpu_tdp_w = cpu_tdp_w
+        self._pid = pid
+        self._sync_cuda = sync_cuda
+        self.run_name = run_name
+        self._lock = threading.RLock()
+        self._started = False
+        self._closed = False
+        self._forked = False
+        self._events: deque = deque()
+        self._open_spans: dict[int, Span] = {}
+        self._heartbeat_dirty = False
+        self.results: list[Measurement] = []
+        self.discovery: Discovery | None = None
+        self.sampler = None
+        self.writer = None
+        self.run_id: str | None = None
+        self.run_dir: str | None = None
+        self._carbon = None
+        if write:
+            from .runlog import check_writable
+
+            check_writable(self.config.output_dir)
+        if self.config.region is not None:
+            from . import carbon
+
+            carbon.check_region(self.config.region)
+        _meters.add(self)
+        _install_process_hooks()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> "Meter":
+        """Discover sensors, write run.json and start the sampler. Called by the first span."""
+        with self._lock:
+            if self._started:
+                return self
+            if self._closed:
+                raise RuntimeError("this Meter is closed; create a new one")
+            from .sampler import Sampler
+
+            if self._given_sensors is not None:
+                self.discovery = Discovery(sensors=list(self._given_sensors))
+            else:
+                from .sensors import discover
+
+                self.discovery = discover(
+                    gpus=self.config.gpus, rapl_root=self.config.rapl_root, nvml=self._nvml,
+                    cpu_tdp_w=self._cpu_tdp_w, pid=self._pid, environ=self._environ,
+                )
+            interval = self._safe_interval()
+            self.sampler = Sampler(self.discovery.sensors, self.clock, interval, on_tick=self._on_tick)
+            self.run_id = self._make_run_id()
+            if self._write:
+                from .runlog import RunWriter
+
+                self.run_dir = os.path.join(self.config.output_dir, self.run_id)
+                self.writer = RunWriter(self.run_dir, self.sampler.channels)
+                self.writer.write_run(self._run_info())
+            first = self.sampler.read_now()
+            if self.writer is not None:
+                self.writer.append_sample(first)
+            self.sampler.start()
+            self._started = True
+        return self
+
+    def _safe_interval(self) -> float:
+        interval = self.config.interval_s
+        for s in self.discovery.sensors:
+            wrap = getattr(s, "wrap_period_s", lambda: None)()
+            if wrap is not None and interval > wrap / 4:
+                safe = wrap / 4
+                self.discovery.notes.append(
+                    f"interval_s={interval:g} s is too long for RAPL counters that can wrap every "
+                    f"{wrap:.0f} s at full power; sampling every {safe:.3g} s instead"
+                )
+                log.warning("meter: %s", self.discovery.notes[-1])
+                interval = safe
+        return interval
+
+    def _make_run_id(self) -> str:
+        stamp = utc_iso(self.clock.wall()).replace("-", "").replace(":", "").split(".")[0]
+        host = socket.gethostname().split(".")[0] or "host"
+        base = f"{stamp}Z-{host}-{os.getpid()}"
+        if self.run_name:
+            safe = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in self.run_name)
+            base = f"{safe}-{base}"
+        return base
+
+    def _run_info(self) -> dict[str, Any]:
+        from .hardware import describe_host
+
+        return {
+            "run_id": self.run_id,
+            "run_name": self.run_name,
+            "started_utc": utc_iso(self.clock.wall()),
+            "config": self.config.describe(),
+            "channels": [c.describe() for c in self.sampler.channels],
+            "unavailable": [u.describe() for u in self.discovery.unavailable],
+            "notes": list(self.discovery.notes),
+            "interval_s": self.sampler.interval_s,
+            "host": describe_host(self.discovery),
+            "pid": os.getpid(),
+            "argv": list(sys.argv),
+        }
+
+    def close(self) -> None:
+        """Stop the sampler, write every pending record and the final run.json. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if not self._started or self._forked:
+                return
+            for span in list(self._open_spans.values()):
+                log.warning("meter: span %r was still open at close; recorded as incomplete", span.path)
+            self.sampler.close()  # final tick drains the queue and writes
+            if self.writer is not None:
+                info = self._run_info()
+                info["ended_utc"] = utc_iso(self.clock.wall())
+                info["faults"] = [f.__dict__ for f in self.sampler.faults]
+                info["wraps"] = dict(zip([c.key for c in self.sampler.channels], self.sampler.wraps))
+                info["learned_update_period_s"] = {
+                    c.key: self.sampler.update_period_s(i) for i, c in enumerate(self.sampler.channels) if c.mode == "energy"
+                }
+                self.writer.write_run(info)
+                self.writer.close()
+
+    def __enter__(self) -> "Meter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _flush_files(self) -> None:
+        if self.writer is not None and not self._forked:
+            with self._lock:
+                self.writer.flush()
+
+    def _become_fork_child(self) -> None:
+        # The sampler thread was not copied; the files belong to the parent.
+        self._forked = True
+        self._lock = threading.RLock()
+        if self.sampler is not None:
+            self.sampler.forget_thread()
+        if self.writer is not None:
+            self.writer.abandon()
+        self.writer = None
+
+    # -- spans ---------------------------------------------------------------------------------
+    def track(self, name: str, *, samples: float | None = None, tokens: float | None = None,
+              flops: float | None = None, tags: dict | None = None) -> Track:
+        """A stage to measure: ``with m.track("train"):`` or ``@m.track("eval")``."""
+        return Track(self, name, {"samples": samples, "tokens": tokens, "flops": flops}, dict(tags or {}))
+
+    def _open(self, name: str, counts: dict, tags: dict) -> Span:
+        parent = _current.get()
+        while parent is not None and parent.meter is not self:
+            parent = parent.parent
+        if parent is not None and parent.closed:
+            parent = None
+        if self._forked or self._closed:
+            span = Span(self, name, parent, counts, tags, inert=True)
+            span._start = (self.clock.monotonic(), self.clock.wall())
+        else:
+            if not self._started:
+                self.start()
+            span = Span(self, name, parent, counts, tags)
+            span._start = self.sampler.read_now()
+            self._events.append((0, span))
+        span._token = _current.set(span)
+        return span
+
+    def _close(self, span: Span, exc_type=None) -> None:
+        if self._sync_cuda and not span.inert:
+            _sync_cuda()
+        if span.inert:
+            span._end = (self.clock.monotonic(), self.clock.wall())
+        else:
+            span._end = self.sampler.read_now()
+            self._events.append((1, span))
+        if exc_type is not None:
+            span.tags.setdefault("exception", exc_type.__name__)
+        try:
+            _current.reset(span._token)
+        except ValueError:  # closed in another context (e.g. a generator); restore the parent
+            _current.set(span.parent)
+
+    def _on_tick(self, snap) -> None:
+        """Sampler thread: track open spans' peak power, write closed spans and samples."""
+        events = self._events
+        closed = []
+        while events:
+            kind, span = events.popleft()
+            if kind == 0:
+                if span._end is None:
+                    self._open_spans[span.span_id] = span
+                    self._heartbeat_dirty = True
+            else:
+                if self._open_spans.pop(span.span_id, None) is not None:
+                    self._heartbeat_dirty = True
+                closed.append(span)
+        if self._open_spans:
+            comp_power: dict[str, float] = {}
+            total = 0.0
+            for ch, p in zip(self.sampler.channels, snap.power_w):
+                comp_power[ch.component] = comp_power.get(ch.component, 0.0) + p
+                total += p
+            comp_power["total"] = total
+            for span in self._open_spans.values():
+                if snap.t < span._start.t:
+                    continue
+                peak = span._peak
+                for k, p in comp_power.items():
+                    if p > peak.get(k, -1.0):
+                        peak[k] = p
+        records = []
+        for span in closed:
+            r = span.result
+            self.results.append(r)
+            records.append(r)
+        if self.writer is not None:
+            self.writer.append_sample(snap)
+            if records:
+                self.writer.append_spans(records)
+            if self._heartbeat_dirty:
+                self.writer.heartbeat(self._open_state(), snap)
+                self._heartbeat_dirty = False
+            self.writer.flush()
+
+    def _open_state(self) -> list[dict]:
+        out = []
+        for s in list(self._open_spans.values()):
+            out.append({
+                "span_id": s.span_id, "name": s.name, "path": s.path, "parent_id": s.parent_id,
+                "depth": s.depth, "thread": s.thread, "start_utc": utc_iso(s._start.wall),
+                "start_t": s._start.t, "start_energy_j": list(s._start.energy_j),
+                "counts": dict(s.counts), "tags": dict(s.tags),
+            })
+        return out
+
+    # -- results -------------------------------------------------------------------------------
+    def _measure(self, span: Span) -> Measurement:
+        if span.inert:
+            t0, w0 = span._start
+            t1, w1 = span._end
+            return Measurement(
+                name=span.name, path=span.path, span_id=span.span_id, parent_id=span.parent_id,
+                depth=span.depth, run_id=self.run_id, start_utc=utc_iso(w0), end_utc=utc_iso(w1),
+                duration_s=t1 - t0, energy_j=None, measured_energy_j=None, estimated_energy_j=None,
+                energy_by_component={}, devices=(), avg_power_w=None, peak_power_w=None,
+                peak_power_by_component_w={}, counts=dict(span.counts), tags=dict(span.tags),
+                interval_s=self.config.interval_s,
+                warnings=(
+                    f"not measured: opened in a forked child (pid {os.getpid()}) of the measuring "
+                    "process, or after the Meter was closed; the parent's spans include this work"
+                    if self._forked else "not measured: the Meter was already closed",
+                ),
+                thread=span.thread, status="not-measured",
+            )
+        return measure(span, self.sampler, self.run_id)
+
+    def _emissions_g(self, result: Measurement) -> float | None:
+        if result.energy_j is None:
+            return None
+        from . import carbon
+
+        if self._carbon is None:
+            self._carbon = carbon.resolve(self.config.region)
+        return carbon.emissions_g(result.energy_j, self._carbon, self.config.pue)
+
+    def sensors_report(self) -> dict[str, Any]:
+        """What was found, what was not and why (starts the meter if needed)."""
+        self.start()
+        return {
+            "channels": [c.describe() for c in self.sampler.channels],
+            "unavailable": [u.describe() for u in self.discovery.unavailable],
+            "notes": list(self.discovery.notes),
+        }
+
+
+_ARG_NAMES = (
+    "region", "pue", "interval_s", "output_dir", "gpus", "rapl_root", "run_name", "write", "sensors",
+    "nvml", "clock", "cpu_tdp_w", "pid", "sync_cuda", "environ", "pyproject",
+)
+
+
+def _sync_cuda() -> None:
+    """Wait for queued CUDA work so it is charged to the span that launched it (no-op without CUDA)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return
+    try:
+        if torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+    except Exception:  # noqa: BLE001 - a sync failure must not break the user's stage exit
+        pass
+
+
+def measure(span: Span, sampler, run_id: str | None) -> Measurement:
+    """Energy, power and warnings of a closed span from its two snapshots."""
+    s, e = span._start, span._end
+    d = e.t - s.t
+    warnings: list[str] = []
+    devices = []
+    comps: dict[str, list] = {}
+    for i, ch in enumerate(sampler.channels):
+        dj = e.energy_j[i] - s.energy_j[i]
+        corrected = False
+        if ch.mode == "energy" and d > 0:
+            period = sampler.update_period_s(i)
+            edge_w = (s.power_w[i] + e.power_w[i]) * 0.5
+            if edge_w > 0 and (dj == 0 or d < period):
+                dj = edge_w * d
+                corrected = True
+                warnings.append(
+                    f"{ch.key}: span ({d * 1e3:.1f} ms) shorter than the counter's update period "
+                    f"({period * 1e3:.0f} ms); energy from power at the span's edges ({edge_w:.1f} W)"
+                )
+            elif period > 0 and d < 10 * period and dj > 0:
+                bound = 100.0 * edge_w * period / dj if dj else 0.0
+                warnings.append(
+                    f"{ch.key}: counter updates every {period * 1e3:.0f} ms; this {d * 1e3:.0f} ms span may be off by up to one update (~{bound:.0f}%)"
+                )
+        if not sampler.alive(i):
+            f = next((f for f in sampler.faults if f.key == ch.key and f.permanent), None)
+            if f is not None and f.t <= e.t:
+                warnings.append(f"{ch.key} failed during or before this span ({f.reason}); energy after that point is missing")
+        dev = DeviceEnergy(ch.key, ch.component, ch.label, dj, ch.provenance, ch.scope, ch.shared, corrected)
+        devices.append(dev)
+        comps.setdefault(ch.component, []).append(dev)
+        if ch.shared and ch.component == "gpu":
+            warnings.append(f"{ch.key}: {ch.details.get('mig', 'reading covers the whole GPU')}")
+    for f in sampler.faults[s.n_faults:e.n_faults]:
+        if not f.permanent:
+            warnings.append(f"{f.key}: {f.reason}")
+    by_comp = {}
+    measured = estimated = 0.0
+    for comp in sorted(comps, key=lambda c: (COMPONENTS.index(c) if c in COMPONENTS else 99, c)):
+        devs = comps[comp]
+        total = sum(x.energy_j for x in devs)
+        provs = {x.provenance for x in devs}
+        prov = provs.pop() if len(provs) == 1 else "mixed"
+        by_comp[comp] = ComponentEnergy(total, prov, tuple(x.key for x in devs))
+        for x in devs:
+            if x.provenance == ESTIMATED:
+                estimated += x.energy_j
+            else:
+                measured += x.energy_j
+    if any(x.provenance == ESTIMATED for x in devices):
+        est = sorted({x.component for x in devices if x.provenance == ESTIMATED})
+        warnings.append(f"{', '.join(est)} energy is estimated from a model, not measured")
+    if not devices:
+        warnings.append("no energy sensor was available: energy not measured (run `python -m meter`)")
+    total = measured + estimated if devices else None
+    avg = total / d if (total is not None and d > 0) else None
+    peak = dict(span._peak)
+    edge_total = max(sum(s.power_w), sum(e.power_w)) if devices else None
+    peak_total = peak.pop("total", None)
+    if total is not None:
+        candidates = [v for v in (peak_total, edge_total, avg) if v is not None]
+        peak_total = max(candidates) if candidates else None
+    for comp, ce in by_comp.items():
+        if d > 0:
+            peak[comp] = max(peak.get(comp, 0.0), ce.energy_j / d)
+    return Measurement(
+        name=span.name, path=span.path, span_id=span.span_id, parent_id=span.parent_id,
+        depth=span.depth, run_id=run_id, start_utc=utc_iso(s.wall), end_utc=utc_iso(e.wall),
+        duration_s=d, energy_j=total, measured_energy_j=measured if devices else None,
+        estimated_energy_j=estimated if devices else None, energy_by_component=by_comp,
+        devices=tuple(devices), avg_power_w=avg, peak_power_w=peak_total,
+        peak_power_by_component_w=peak, counts=dict(span.counts), tags=dict(span.tags),
+        interval_s=sampler.interval_s, warnings=tuple(dict.fromkeys(warnings)), thread=span.thread,
+    )
+
+
+def track(name: str, *, samples: float | None = None, tokens: float | None = None,
+          flops: float | None = None, tags: dict | None = None) -> Track:
+    """Measure a stage with the default Meter: ``with meter.track("finetune"):`` or as a decorator."""
+    return Track(None, name, {"samples": samples, "tokens": tokens, "flops": flops}, dict(tags or {}))
+
+
+del _PROV_RANK, COUNTER, Unavailable, _check_counts

@@ -1,0 +1,279 @@
+"""Fakes at the hardware boundary, for meter's tests and yours.
+
+- :class:`FakeClock`: a clock you advance by hand.
+- :class:`FakeSensor`: a sensor whose channel values you set.
+- :class:`FakeNVML`: a binding with pynvml's own function names that raises pynvml's own
+  ``NVMLError`` codes, for GPUs whose energy and power you control. Pass it as ``Meter(nvml=...)``.
+- :func:`write_rapl_tree`: a real powercap directory tree on disk whose counters you advance
+  (and wrap) in place, as the kernel does. Pass its root as ``Meter(rapl_root=...)``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .sensors import COUNTER, Channel, Fault
+
+
+class FakeClock:
+    """Monotonic and wall time that move only when told (``advance``), thread-safe."""
+
+    def __init__(self, start: float = 1000.0, wall: float = 1_790_000_000.0):
+        self._t = start
+        self._wall0 = wall - start
+        self._lock = threading.Lock()
+
+    def monotonic(self) -> float:
+        return self._t
+
+    def wall(self) -> float:
+        return self._t + self._wall0
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self._t += seconds
+
+    def sleep(self, seconds: float) -> None:
+        self.advance(seconds)
+
+
+class FakeSensor:
+    """A sensor with channels whose next values you set: ``values[key] = J or W or Fault``."""
+
+    def __init__(self, channels: list[Channel], name: str = "fake"):
+        self.name = name
+        self.channels = tuple(channels)
+        self.values: dict[str, object] = {c.key: 0.0 for c in channels}
+        self.reads = 0
+        self.closed = False
+        self.raise_on_read: Exception | None = None
+
+    @classmethod
+    def counter(cls, key: str = "gpu:0", component: str = "gpu", wrap_j: float | None = None) -> "FakeSensor":
+        return cls([Channel(key, component, key, "energy", COUNTER, wrap_j=wrap_j)])
+
+    def read(self) -> tuple:
+        self.reads += 1
+        if self.raise_on_read is not None:
+            raise self.raise_on_read
+        return tuple(self.values[c.key] for c in self.channels)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+# -- NVML --------------------------------------------------------------------------------------
+
+
+@dataclass
+class FakeGPU:
+    """One fake GPU. ``power_w`` is a number or a function of the fake's time (seconds).
+
+    Energy is the exact integral of power; with ``update_period_s`` the counter only moves at
+    multiples of it, as real drivers do (~0.1 s). ``energy=False`` makes the energy call raise
+    NOT_SUPPORTED (pre-Volta); ``instant=False`` makes field 186 unavailable.
+    """
+
+    name: str = "NVIDIA H100 80GB HBM3"
+    uuid: str = "GPU-00000000-0000-0000-0000-000000000000"
+    power_w: float | Callable[[float], float] = 100.0
+    energy: bool = True
+    instant: bool = True
+    update_period_s: float = 0.0
+    mig_uuids: list[str] = field(default_factory=list)
+    fail_code: int | None = None  # every call on this device raises this NVML error code
+    start_energy_mj: int = 5_000_000
+
+    def power_at(self, t: float) -> float:
+        return self.power_w(t) if callable(self.power_w) else float(self.power_w)
+
+
+class FakeNVML:
+    """A pynvml-compatible binding over :class:`FakeGPU` objects, driven by ``clock``.
+
+    Only constant power or piecewise functions are integrated exactly: energy is accumulated by
+    :meth:`advance` (call it instead of advancing the clock yourself), by steps of ``dt``.
+    """
+
+    def __init__(self, gpus: list[FakeGPU], clock: FakeClock | None = None, init_error: int | None = None,
+                 driver: str = "560.35.03"):
+        import pynvml
+
+        self.NVMLError = pynvml.NVMLError
+        self._pynvml = pynvml
+        self.gpus = list(gpus)
+        self.clock = clock or FakeClock()
+        self.init_error = init_error
+        self.driver = driver
+        self.initialised = 0
+        self._energy_j = [g.start_energy_mj / 1000.0 for g in self.gpus]
+        self._t = self.clock.monotonic()
+        self.calls: dict[str, int] = {}
+
+    # time ----------------------------------------------------------------------------------
+    def advance(self, seconds: float, dt: float = 0.001) -> None:
+        """Move the clock and integrate every GPU's power over the step (midpoint rule)."""
+        remaining = seconds
+        while remaining > 1e-12:
+            step = min(dt, remaining)
+            mid = self._t + step / 2
+            for i, g in enumerate(self.gpus):
+                self._energy_j[i] += g.power_at(mid) * step
+            self._t += step
+            self.clock.advance(step)
+            remaining -= step
+
+    def true_energy_j(self, index: int) -> float:
+        return self._energy_j[index]
+
+    # pynvml API ----------------------------------------------------------------------------
+    def _err(self, code: int):
+        return self.NVMLError(code)
+
+    def _dev(self, handle) -> FakeGPU:
+        g = self.gpus[handle]
+        if g.fail_code is not None:
+            raise self._err(g.fail_code)
+        return g
+
+    def nvmlInit(self) -> None:
+        if self.init_error is not None:
+            raise self._err(self.init_error)
+        self.initialised += 1
+
+    def nvmlShutdown(self) -> None:
+        self.initialised -= 1
+
+    def nvmlSystemGetDriverVersion(self) -> str:
+        return self.driver
+
+    def nvmlDeviceGetCount(self) -> int:
+        return len(self.gpus)
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
+        if not 0 <= index < len(self.gpus):
+            raise self._err(self._pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        return index
+
+    def nvmlDeviceGetUUID(self, handle) -> str:
+        if isinstance(handle, tuple):
+            return self.gpus[handle[0]].mig_uuids[handle[1]]
+        return self._dev(handle).uuid
+
+    def nvmlDeviceGetName(self, handle) -> str:
+        return self._dev(handle).name
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle) -> int:
+        g = self._dev(handle)
+        if not g.energy:
+            raise self._err(self._pynvml.NVML_ERROR_NOT_SUPPORTED)
+        e = self._energy_j[handle]
+        if g.update_period_s:
+            # The driver publishes the integral as of the last update tick.
+            k = int(self._t / g.update_period_s)
+            lag = self._t - k * g.update_period_s
+            e -= g.power_at(self._t) * lag
+        return int(e * 1000)
+
+    def nvmlDeviceGetPowerUsage(self, handle) -> int:
+        g = self._dev(handle)
+        return int(round(g.power_at(self._t) * 1000))
+
+    def nvmlDeviceGetFieldValues(self, handle, field_ids):
+        g = self._dev(handle)
+        arr = (self._pynvml.c_nvmlFieldValue_t * len(field_ids))()
+        for i, fid in enumerate(field_ids):
+            arr[i].fieldId = fid
+            if fid == 186 and g.instant:
+                arr[i].nvmlReturn = 0
+                arr[i].valueType = 1  # unsigned int, mW
+                arr[i].value.uiVal = int(round(g.power_at(self._t) * 1000))
+            else:
+                arr[i].nvmlReturn = self._pynvml.NVML_ERROR_NOT_SUPPORTED
+        return arr
+
+    def nvmlDeviceGetMigMode(self, handle):
+        g = self._dev(handle)
+        if not g.mig_uuids:
+            return (0, 0)
+        return (1, 1)
+
+    def nvmlDeviceGetMaxMigDeviceCount(self, handle) -> int:
+        return len(self._dev(handle).mig_uuids)
+
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, handle, index):
+        g = self._dev(handle)
+        if index >= len(g.mig_uuids):
+            raise self._err(self._pynvml.NVML_ERROR_NOT_FOUND)
+        return (handle, index)
+
+
+# -- RAPL --------------------------------------------------------------------------------------
+
+
+class RaplTree:
+    """A powercap tree on disk. ``add(zone, joules)`` advances a counter in place, wrapping."""
+
+    def __init__(self, root: str, zones: dict[str, dict]):
+        self.root = root
+        self.zones = zones
+
+    def path(self, zone: str) -> str:
+        parent = zone.rsplit(":", 1)[0] if zone.count(":") == 2 else None
+        if parent:
+            return os.path.join(self.root, "intel-rapl", parent, zone)
+        return os.path.join(self.root, "intel-rapl", zone)
+
+    def read_uj(self, zone: str) -> int:
+        with open(os.path.join(self.path(zone), "energy_uj")) as f:
+            return int(f.read())
+
+    def set_uj(self, zone: str, value: int) -> None:
+        # In place, same inode: like sysfs, readers holding the file open see the new value.
+        with open(os.path.join(self.path(zone), "energy_uj"), "r+") as f:
+            f.seek(0)
+            f.truncate()
+            f.write(f"{int(value)}\n")
+
+    def add(self, zone: str, joules: float) -> None:
+        z = self.zones[zone]
+        rng = z.get("max_energy_range_uj", 262143328850)
+        self.set_uj(zone, (self.read_uj(zone) + int(round(joules * 1e6))) % rng)
+
+
+def write_rapl_tree(root: str, zones: dict[str, dict] | None = None) -> RaplTree:
+    """Write a powercap tree under ``root`` (``root/intel-rapl/intel-rapl:0/...`` plus the
+    top-level symlinks the kernel makes). ``zones`` maps zone ids to attributes, e.g.
+    ``{"intel-rapl:0": {"name": "package-0", "energy_uj": 1000}, "intel-rapl:0:0": {"name": "dram"}}``.
+    An attribute set to ``None`` is left out (a zone missing ``energy_uj``, say).
+    """
+    if zones is None:
+        zones = {
+            "intel-rapl:0": {"name": "package-0"},
+            "intel-rapl:0:0": {"name": "core"},
+            "intel-rapl:0:1": {"name": "dram"},
+            "intel-rapl:1": {"name": "package-1"},
+            "intel-rapl:1:0": {"name": "dram"},
+        }
+    tree = RaplTree(root, zones)
+    os.makedirs(os.path.join(root, "intel-rapl"), exist_ok=True)
+    for zone in sorted(zones, key=lambda z: z.count(":")):
+        attrs = {"energy_uj": 1_000_000, "max_energy_range_uj": 262143328850, "enabled": 1, **zones[zone]}
+        d = tree.path(zone)
+        os.makedirs(d, exist_ok=True)
+        for k, v in attrs.items():
+            if v is None:
+                continue
+            with open(os.path.join(d, k), "w") as f:
+                f.write(f"{v}\n")
+        if zone.count(":") == 1:
+            link = os.path.join(root, zone)
+            if not os.path.lexists(link):
+                os.symlink(d, link)
+    return tree
+
+
+__all__ = ["FakeClock", "FakeSensor", "FakeGPU", "FakeNVML", "RaplTree", "write_rapl_tree", "Fault"]
