@@ -17,6 +17,7 @@ DEFAULTS: dict[str, Any] = {
     "output_dir": "meter-runs",
     "gpus": "visible",
     "rapl_root": "/sys/class/powercap",
+    "carbon": "offline",
 }
 ENV = {
     "region": "METER_REGION",
@@ -25,6 +26,7 @@ ENV = {
     "output_dir": "METER_OUTPUT_DIR",
     "gpus": "METER_GPUS",
     "rapl_root": "METER_RAPL_ROOT",
+    "carbon": "METER_CARBON",
 }
 
 
@@ -36,6 +38,7 @@ class Config:
     output_dir: str
     gpus: Any
     rapl_root: str
+    carbon: str = "offline"
     sources: Mapping[str, str] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
@@ -46,6 +49,7 @@ class Config:
             "output_dir": os.path.abspath(self.output_dir),
             "gpus": self.gpus if isinstance(self.gpus, str) else list(self.gpus),
             "rapl_root": self.rapl_root,
+            "carbon": self.carbon,
             "sources": dict(self.sources),
         }
 
@@ -149,7 +153,14 @@ def resolve(args: Mapping[str, Any], environ: Mapping[str, str] | None = None, p
         region = str(region).strip()
         if not region:
             region = None
+    carbon = str(values["carbon"]).strip()
+    provider = carbon.split(":", 1)[0].lower()
+    if provider not in ("offline", "electricitymaps", "uk"):
+        raise ConfigError(
+            f"carbon={carbon!r} from {sources['carbon']}: use 'offline' (default), 'electricitymaps[:ZONE]' or 'uk[:GB or GB-<regionid>]'"
+        )
     return Config(
+        carbon=carbon,
         region=region,
         pue=pue,
         interval_s=interval,

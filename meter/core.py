@@ -92,6 +92,7 @@ class Meter:
         gpus: Any = None,
         rapl_root: str | None = None,
         *,
+        carbon: str | None = None,
         run_name: str | None = None,
         write: bool = True,
         sensors: list | None = None,
@@ -108,7 +109,7 @@ class Meter:
             k = next(iter(unknown))
             raise ConfigError(f"Meter() got an unknown argument {k!r}{config_mod.suggest(k, _ARG_NAMES)}")
         self.config = config_mod.resolve(
-            {"region": region, "pue": pue, "interval_s": interval_s, "output_dir": output_dir, "gpus": gpus, "rapl_root": rapl_root},
+            {"region": region, "pue": pue, "interval_s": interval_s, "output_dir": output_dir, "gpus": gpus, "rapl_root": rapl_root, "carbon": carbon},
             environ,
             pyproject,
         )
@@ -167,6 +168,11 @@ class Meter:
                     gpus=self.config.gpus, rapl_root=self.config.rapl_root, nvml=self._nvml,
                     cpu_tdp_w=self._cpu_tdp_w, pid=self._pid, environ=self._environ,
                 )
+            est = sorted({c.component for c in self.discovery.channels if c.provenance == ESTIMATED})
+            if est:
+                why = [u.reason for u in self.discovery.unavailable if u.sensor == "rapl"] or ["RAPL has no zone for it"]
+                log.warning("meter: %s energy will be estimated, not measured (%s); run `python -m meter` for why and how to fix",
+                            " and ".join(est), "; ".join(why))
             interval = self._safe_interval()
             self.sampler = Sampler(self.discovery.sensors, self.clock, interval, on_tick=self._on_tick)
             self.run_id = self._make_run_id()
@@ -231,9 +237,8 @@ class Meter:
             self._closed = True
             if not self._started or self._forked:
                 return
-            for span in list(self._open_spans.values()):
-                log.warning("meter: span %r was still open at close; recorded as incomplete", span.path)
             self.sampler.close()  # final tick drains the queue and writes
+            self._close_open_spans()
             if self.writer is not None:
                 info = self._run_info()
                 info["ended_utc"] = utc_iso(self.clock.wall())
@@ -244,6 +249,26 @@ class Meter:
                 }
                 self.writer.write_run(info)
                 self.writer.close()
+
+    def _close_open_spans(self) -> None:
+        """Spans still open at close are recorded up to now, marked incomplete, never dropped."""
+        if not self._open_spans:
+            return
+        from dataclasses import replace
+
+        final = self.sampler.read_now()
+        records = []
+        for span in list(self._open_spans.values()):
+            log.warning("meter: span %r was still open at close; recorded as incomplete", span.path)
+            span._end = final
+            r = span.result
+            span._result = replace(r, status="incomplete",
+                                   warnings=r.warnings + ("incomplete: the Meter closed while this span was open",))
+            records.append(span._result)
+        self._open_spans.clear()
+        self.results.extend(records)
+        if self.writer is not None:
+            self.writer.append_spans(records)
 
     def __enter__(self) -> "Meter":
         return self
@@ -379,14 +404,42 @@ class Meter:
             )
         return measure(span, self.sampler, self.run_id)
 
-    def _emissions_g(self, result: Measurement) -> float | None:
-        if result.energy_j is None:
-            return None
+    def intensity(self, start_s: float | None = None, end_s: float | None = None):
+        """Carbon intensity for this meter's region (and live provider, if configured) over a
+        UTC window. Offline figures are resolved once; live ones are fetched per window."""
         from . import carbon
 
         if self._carbon is None:
             self._carbon = carbon.resolve(self.config.region)
-        return carbon.emissions_g(result.energy_j, self._carbon, self.config.pue)
+        provider, _, zone = self.config.carbon.partition(":")
+        if provider == "offline":
+            return self._carbon
+        from .carbon.live import with_fallback
+
+        now = self.clock.wall()
+        start = now - 3600 if start_s is None else start_s
+        end = now if end_s is None else end_s
+        return with_fallback(provider, zone or self._carbon.zone, start, end, self._carbon)
+
+    def _emissions_g(self, span: Span) -> float | None:
+        """gCO2eq of a span, time-resolved over the sampler timeline when intensity varies."""
+        result = span.result
+        if result.energy_j is None:
+            return None
+        from . import carbon
+
+        s0, s1 = span._start, span._end
+        inten = self.intensity(s0.wall, s1.wall)
+        if not inten.series:
+            return carbon.emissions_g(result.energy_j, inten, self.config.pue)
+        # Odometer snapshots inside the span give its energy per interval; scale them so they
+        # sum to the span's reported energy (which may include edge corrections).
+        snaps = [s0] + [p for p in self.sampler.timeline if s0.t < p.t < s1.t] + [s1]
+        cum = [sum(p.energy_j) - sum(s0.energy_j) for p in snaps]
+        scale = result.energy_j / cum[-1] if cum[-1] > 0 else 0.0
+        if scale == 0.0:
+            return carbon.emissions_over([s0.wall, s1.wall], [0.0, result.energy_j], inten, self.config.pue)
+        return carbon.emissions_over([p.wall for p in snaps], [c * scale for c in cum], inten, self.config.pue)
 
     def sensors_report(self) -> dict[str, Any]:
         """What was found, what was not and why (starts the meter if needed)."""
@@ -399,7 +452,7 @@ class Meter:
 
 
 _ARG_NAMES = (
-    "region", "pue", "interval_s", "output_dir", "gpus", "rapl_root", "run_name", "write", "sensors",
+    "carbon", "region", "pue", "interval_s", "output_dir", "gpus", "rapl_root", "run_name", "write", "sensors",
     "nvml", "clock", "cpu_tdp_w", "pid", "sync_cuda", "environ", "pyproject",
 )
 
@@ -426,7 +479,7 @@ def measure(span: Span, sampler, run_id: str | None) -> Measurement:
     for i, ch in enumerate(sampler.channels):
         dj = e.energy_j[i] - s.energy_j[i]
         corrected = False
-        if ch.mode == "energy" and d > 0:
+        if ch.mode == "energy" and ch.provenance == COUNTER and d > 0:
             period = sampler.update_period_s(i)
             edge_w = (s.power_w[i] + e.power_w[i]) * 0.5
             if edge_w > 0 and (dj == 0 or d < period):
@@ -436,8 +489,8 @@ def measure(span: Span, sampler, run_id: str | None) -> Measurement:
                     f"{ch.key}: span ({d * 1e3:.1f} ms) shorter than the counter's update period "
                     f"({period * 1e3:.0f} ms); energy from power at the span's edges ({edge_w:.1f} W)"
                 )
-            elif period > 0 and d < 10 * period and dj > 0:
-                bound = 100.0 * edge_w * period / dj if dj else 0.0
+            elif period > 0 and dj > 0 and 100.0 * edge_w * period / dj >= 1.0:
+                bound = 100.0 * edge_w * period / dj
                 warnings.append(
                     f"{ch.key}: counter updates every {period * 1e3:.0f} ms; this {d * 1e3:.0f} ms span may be off by up to one update (~{bound:.0f}%)"
                 )
@@ -499,4 +552,4 @@ def track(name: str, *, samples: float | None = None, tokens: float | None = Non
     return Track(None, name, {"samples": samples, "tokens": tokens, "flops": flops}, dict(tags or {}))
 
 
-del _PROV_RANK, COUNTER, Unavailable, _check_counts
+del _PROV_RANK, Unavailable, _check_counts

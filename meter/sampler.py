@@ -20,12 +20,15 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from .sensors import Channel, Fault
+from .sensors import COUNTER, Channel, Fault
 
 log = logging.getLogger("meter")
 
 #: Upper bound on a learned counter update period; longer flat stretches mean an idle device.
 MAX_UPDATE_PERIOD_S = 1.0
+#: A counter's power is estimated over its last this-many changes, so that the jitter between a
+#: counter's update and our first sight of it averages out (about 1 s at NVML's 100 ms period).
+POWER_WINDOW_CHANGES = 10
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,10 @@ class Sampler:
         self.on_tick = on_tick
         n = len(self.channels)
         self._is_energy = tuple(c.mode == "energy" for c in self.channels)
+        # Update periods are learned, and short spans corrected, for hardware counters only: an
+        # estimate's CPU-time input has a known 10 ms tick and flat stretches that mean "idle".
+        self._learn = tuple(c.mode == "energy" and c.provenance == COUNTER for c in self.channels)
+        self._changes = [deque(maxlen=POWER_WINDOW_CHANGES) for _ in self.channels]
         self._wrap = tuple(c.wrap_j or 0.0 for c in self.channels)
         self._raw: list = [None] * n
         self._odo = [0.0] * n
@@ -115,9 +122,10 @@ class Sampler:
             if self._is_energy[i]:
                 if prev is None:
                     self._seen_t[i] = t
+                    self._changes[i].append((t, 0.0))
                     continue
                 if v == prev:
-                    if power[i] > 0:
+                    if power[i] > 0 and self._learn[i]:
                         flat = t - self._seen_t[i]
                         if self._period[i] < flat <= MAX_UPDATE_PERIOD_S:
                             self._period[i] = flat
@@ -136,9 +144,11 @@ class Sampler:
                             "avoid reloading the GPU driver during a measured run",
                         ))
                 odo[i] += delta
-                span = t - self._seen_t[i]
-                if span > 0:
-                    power[i] = delta / span
+                ring = self._changes[i]
+                ring.append((t, odo[i]))
+                t0, e0 = ring[0]
+                if t > t0:
+                    power[i] = (odo[i] - e0) / (t - t0)
                 self._seen_t[i] = t
             else:
                 # Trapezoid from this channel's own last good reading (a transient fault leaves a gap).

@@ -185,7 +185,7 @@ class Span:
     @property
     def emissions_g(self) -> float | None:
         """gCO2eq for this span with the meter's region and PUE (see meter.carbon)."""
-        return self.meter._emissions_g(self.result)
+        return self.meter._emissions_g(self)
 
     def __repr__(self) -> str:
         if self._result is None and self._end is None:

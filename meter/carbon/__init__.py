@@ -1,0 +1,146 @@
+"""Energy to emissions. Runs at report time (or when a span's ``emissions_g`` is read), never on
+the measuring hot path, and never reads sensors.
+
+Offline by default (:mod:`meter.carbon.offline`); live providers (:mod:`meter.carbon.live`) only
+when asked for. Every :class:`Intensity` says where its figure came from: zone, source, data
+year, average or marginal, lifecycle or direct, and the method (offline, live, fallback, or
+"region unknown").
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+from dataclasses import dataclass, field, replace
+from typing import Any, Sequence
+
+from ..errors import CarbonError
+from ..units import j_to_kwh
+from . import offline
+
+log = logging.getLogger("meter")
+_warned: set[str] = set()
+
+REGION_HINT = "set it with Meter(region=...), METER_REGION, or [tool.meter] region in pyproject.toml (see `meter regions`)"
+
+
+@dataclass(frozen=True)
+class Intensity:
+    """Grid carbon intensity used to turn energy into emissions.
+
+    ``series`` holds ``(from_epoch_s, to_epoch_s, g_per_kwh)`` intervals for time-resolved
+    intensity (live providers); ``g_per_kwh`` is then their time-weighted mean, used for energy
+    outside the series.
+    """
+
+    zone: str
+    name: str
+    g_per_kwh: float
+    source: str
+    year: int | None
+    kind: str = "average"  # average | marginal
+    factor: str = "lifecycle"  # lifecycle | direct | operational | unspecified
+    method: str = "offline"  # offline | live | fallback | region-unknown | ip-geolocation
+    note: str = ""
+    series: tuple = field(default_factory=tuple)
+
+    def describe(self) -> dict[str, Any]:
+        out = {
+            "zone": self.zone, "name": self.name, "g_per_kwh": self.g_per_kwh, "source": self.source,
+            "year": self.year, "kind": self.kind, "factor": self.factor, "method": self.method,
+        }
+        if self.note:
+            out["note"] = self.note
+        if self.series:
+            out["series"] = [list(p) for p in self.series]
+        return out
+
+    def at(self, epoch_s: float) -> float:
+        """Intensity at a moment: the series interval containing it, else ``g_per_kwh``."""
+        if not self.series:
+            return self.g_per_kwh
+        starts = [p[0] for p in self.series]
+        i = bisect.bisect_right(starts, epoch_s) - 1
+        if i >= 0 and self.series[i][0] <= epoch_s < self.series[i][1]:
+            return self.series[i][2]
+        return self.g_per_kwh
+
+
+def _from_zone(z: offline.Zone, method: str = "offline", note: str = "") -> Intensity:
+    notes = "; ".join(n for n in (z.note, note) if n)
+    return Intensity(z.key, z.name, z.g_per_kwh, z.source, z.year, z.kind, z.factor, method, notes)
+
+
+def world_default() -> Intensity:
+    """The world average, labelled "region unknown"; warns once with how to set the region."""
+    if "region" not in _warned:
+        _warned.add("region")
+        log.warning("meter: no region given, so emissions use the world average (475 gCO2eq/kWh); %s", REGION_HINT)
+    z = offline.zones()["WORLD"]
+    return _from_zone(z, "region-unknown", "region unknown: " + REGION_HINT)
+
+
+def check_region(region: str) -> None:
+    """Raise CarbonError (listing close matches) unless ``region`` is a known zone or ``auto``."""
+    if region.lower() == "auto":
+        return
+    if offline.lookup(region) is None:
+        close = offline.close_matches(region)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise CarbonError(f"unknown region {region!r}{hint} List zones with `meter regions QUERY` or meter.carbon.regions(QUERY)")
+
+
+def resolve(region: str | None, *, geo_url: str | None = None, session: Any = None) -> Intensity:
+    """Offline intensity for ``region`` (None: world average, labelled; "auto": IP geolocation)."""
+    if region is None:
+        return world_default()
+    if region.lower() == "auto":
+        from .live import geolocate
+
+        try:
+            zone_key, how = geolocate(url=geo_url, session=session)
+        except CarbonError as exc:
+            log.warning("meter: region='auto' failed (%s); using the world average", exc)
+            return replace(world_default(), note=f"region='auto' failed: {exc}")
+        z = offline.lookup(zone_key)
+        if z is None:
+            return replace(world_default(), note=f"IP geolocation gave {zone_key!r}, which has no offline data")
+        return _from_zone(z, "ip-geolocation", how)
+    z = offline.lookup(region)
+    if z is None:
+        check_region(region)  # raises with suggestions
+    return _from_zone(z)
+
+
+def regions(query: str | None = None) -> list[dict[str, Any]]:
+    """Zones whose key or name contains ``query``, each with intensity, source, year and factor."""
+    return [
+        {"zone": z.key, "name": z.name, "g_per_kwh": round(z.g_per_kwh, 3), "year": z.year,
+         "factor": z.factor, "source": z.source}
+        for z in offline.search(query)
+    ]
+
+
+def emissions_g(energy_j: float, intensity: Intensity, pue: float = 1.0) -> float:
+    """gCO2eq for ``energy_j`` of IT energy: kWh x PUE x intensity (static intensity)."""
+    if pue < 1.0:
+        raise CarbonError(f"pue={pue}: must be >= 1")
+    return j_to_kwh(energy_j) * pue * intensity.g_per_kwh
+
+
+def emissions_over(times_s: Sequence[float], energy_j: Sequence[float], intensity: Intensity, pue: float = 1.0) -> float:
+    """Time-resolved gCO2eq: for each interval of a cumulative-energy timeline (UTC epoch seconds,
+    cumulative joules), the interval's energy times the intensity at the interval's midpoint,
+    times PUE. With a static intensity this equals ``emissions_g(total energy)``."""
+    if len(times_s) != len(energy_j):
+        raise ValueError("times_s and energy_j must have the same length")
+    if pue < 1.0:
+        raise CarbonError(f"pue={pue}: must be >= 1")
+    total = 0.0
+    for i in range(1, len(times_s)):
+        de = energy_j[i] - energy_j[i - 1]
+        total += j_to_kwh(de) * intensity.at((times_s[i] + times_s[i - 1]) / 2)
+    return total * pue
+
+
+__all__ = ["Intensity", "resolve", "check_region", "regions", "emissions_g", "emissions_over", "world_default", "CarbonError"]

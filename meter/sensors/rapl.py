@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from dataclasses import dataclass
 
 from ..units import uj_to_j
@@ -141,7 +142,6 @@ class RaplSensor:
         self.notes: list[str] = []
         self.unavailable: list[Unavailable] = []
         channels, fds = [], []
-        first_values: dict[int, tuple[str, str]] = {}
         for comp, z, socket in chosen:
             energy_path = os.path.join(z.path, "energy_uj")
             try:
@@ -161,13 +161,6 @@ class RaplSensor:
                 self.unavailable.append(Unavailable("rapl", f"{energy_path}: {why}", PERMISSION_HINT if kind == "permission" else "", kind))
                 continue
             zone_id = os.path.basename(z.path)
-            # AMD multi-die parts can expose mirrored package zones with identical counters.
-            if comp == "cpu" and value > 0 and value in first_values:
-                other = first_values[value]
-                self.notes.append(f"RAPL {zone_id} mirrors {other[1]} (identical counter); read once")
-                os.close(fd)
-                continue
-            first_values[value] = (comp, zone_id)
             wrap_j = uj_to_j(z.max_range_uj) if z.max_range_uj else None
             details = {"zone": zone_id, "path": energy_path}
             if z.max_power_w:
@@ -188,6 +181,36 @@ class RaplSensor:
             fds.append(fd)
         self.channels = tuple(channels)
         self._fds = tuple(fds)
+        self._drop_mirrors()
+
+    def _drop_mirrors(self, wait_s: float = 0.02) -> None:
+        """Multi-die AMD parts can expose one package counter several times (codecarbon #1274).
+        Zones whose counters are equal now *and* after moving together are read once."""
+        pkgs = [i for i, c in enumerate(self.channels) if c.component == "cpu"]
+        if len(pkgs) < 2:
+            return
+        first = self.read()
+        groups: dict = {}
+        for i in pkgs:
+            if not isinstance(first[i], Fault):
+                groups.setdefault(first[i], []).append(i)
+        suspects = [g for g in groups.values() if len(g) > 1]
+        if not suspects:
+            return
+        time.sleep(wait_s)
+        second = self.read()
+        drop = set()
+        for g in suspects:
+            moved = [i for i in g if second[i] != first[i]]
+            if len(moved) == len(g) and len({second[i] for i in g}) == 1:
+                for i in g[1:]:
+                    drop.add(i)
+                    self.notes.append(f"RAPL {self.channels[i].details['zone']} mirrors {self.channels[g[0]].details['zone']} (identical moving counter); read once")
+        if drop:
+            for i in sorted(drop):
+                os.close(self._fds[i])
+            self.channels = tuple(c for i, c in enumerate(self.channels) if i not in drop)
+            self._fds = tuple(f for i, f in enumerate(self._fds) if i not in drop)
 
     def wrap_period_s(self) -> float | None:
         """Shortest time in which any counter could wrap, at its stated or an assumed max power."""

@@ -1,0 +1,324 @@
+"""Live carbon intensity, only when asked for: Electricity Maps (v3) and the UK National Grid
+Carbon Intensity API, plus IP geolocation for ``region="auto"``.
+
+One seam for the network: every function takes ``session=`` (a ``requests.Session``) and a base
+URL, so tests run against a real local server. Timeouts on every call, retries with backoff on
+429 and 5xx, a disk cache per (provider, zone, hour), and failures raised as CarbonError for
+:func:`with_fallback` to turn into an offline figure that says why. Tokens travel only in
+headers and never appear in messages, logs or records.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from ..errors import CarbonError
+
+log = logging.getLogger("meter")
+
+EM_BASE = "https://api.electricitymaps.com/v3"
+UK_BASE = "https://api.carbonintensity.org.uk"
+GEO_URL = "https://ipinfo.io/json"
+TOKEN_ENV = "METER_ELECTRICITYMAPS_TOKEN"
+PROVIDERS = ("electricitymaps", "uk")
+TIMEOUT = (3.05, 10.0)
+UK_MAX_RANGE_S = 14 * 86400
+
+
+def default_cache_dir() -> str:
+    base = os.environ.get("METER_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "meter"
+    )
+    return os.path.join(base, "carbon")
+
+
+class Client:
+    """HTTP GET with timeouts, retries on 429/5xx/timeouts, and clear CarbonErrors."""
+
+    def __init__(self, session: Any = None, *, retries: int = 3, backoff_s: float = 0.5,
+                 timeout: Any = TIMEOUT, sleep: Callable[[float], None] = time.sleep):
+        if session is None:
+            import requests
+
+            session = requests.Session()
+        self.session = session
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.timeout = timeout
+        self.sleep = sleep
+
+    def get_json(self, url: str, *, params: dict | None = None, headers: dict | None = None, what: str) -> Any:
+        import requests
+
+        last = ""
+        for attempt in range(self.retries + 1):
+            try:
+                r = self.session.get(url, params=params, headers=headers or {}, timeout=self.timeout)
+            except requests.Timeout:
+                last = f"{what}: timed out after {self.timeout} s"
+            except requests.RequestException as exc:
+                last = f"{what}: {type(exc).__name__} ({_strip(str(exc))})"
+            else:
+                if r.status_code == 200:
+                    try:
+                        return r.json()
+                    except ValueError:
+                        raise CarbonError(f"{what}: malformed JSON in the response") from None
+                body = _error_text(r)
+                if r.status_code in (401, 403):
+                    raise CarbonError(f"{what}: HTTP {r.status_code} {body}: the token was refused; check {TOKEN_ENV}")
+                if r.status_code != 429 and r.status_code < 500:
+                    raise CarbonError(f"{what}: HTTP {r.status_code} {body}")
+                last = f"{what}: HTTP {r.status_code} {body}"
+                retry_after = r.headers.get("Retry-After")
+                if retry_after and retry_after.isdigit() and attempt < self.retries:
+                    self.sleep(min(float(retry_after), 30.0))
+                    continue
+            if attempt < self.retries:
+                self.sleep(self.backoff_s * (2**attempt))
+        raise CarbonError(f"{last} (after {self.retries + 1} attempts)")
+
+
+def _strip(text: str) -> str:
+    # requests puts URLs in messages; ours carry no secrets, but keep messages short.
+    return text[:200]
+
+
+def _error_text(r: Any) -> str:
+    try:
+        data = r.json()
+    except ValueError:
+        return (r.text or "")[:120].strip()
+    if isinstance(data, dict):
+        err = data.get("error")
+        if isinstance(err, dict):
+            return str(err.get("message") or err)[:200]
+        return str(err or data.get("message") or "")[:200]
+    return ""
+
+
+def _iso(epoch_s: float) -> str:
+    return datetime.fromtimestamp(epoch_s, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _uk_iso(epoch_s: float) -> str:
+    return datetime.fromtimestamp(epoch_s, tz=timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
+
+
+def _epoch(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+# -- cache -------------------------------------------------------------------------------------
+
+
+class Cache:
+    """Points per (provider, zone, UTC hour) on disk. Only hours fully in the past are stored."""
+
+    def __init__(self, root: str | None):
+        self.root = root
+
+    def _path(self, provider: str, zone: str, hour: int) -> str:
+        stamp = datetime.fromtimestamp(hour * 3600, tz=timezone.utc).strftime("%Y%m%dT%H")
+        return os.path.join(self.root, provider, zone.replace("/", "_"), f"{stamp}.json")
+
+    def get(self, provider: str, zone: str, start: float, end: float) -> list | None:
+        if not self.root:
+            return None
+        points = []
+        for hour in range(int(start // 3600), int(end // 3600) + 1):
+            try:
+                with open(self._path(provider, zone, hour), encoding="utf-8") as f:
+                    points.extend(json.load(f))
+            except (OSError, ValueError):
+                return None
+        return points
+
+    def put(self, provider: str, zone: str, points: list, now: float) -> None:
+        if not self.root:
+            return
+        by_hour: dict[int, list] = {}
+        for p in points:
+            if p[1] <= now and p[3]:  # closed interval, from measured (not forecast) data
+                by_hour.setdefault(int(p[0] // 3600), []).append(p)
+        for hour, pts in by_hour.items():
+            if (hour + 1) * 3600 > now:
+                continue
+            path = self._path(provider, zone, hour)
+            try:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                tmp = f"{path}.tmp-{os.getpid()}"
+                with open(tmp, "w", encoding="utf-8") as f:
+                    json.dump(pts, f)
+                os.replace(tmp, path)
+            except OSError as exc:
+                log.debug("meter: carbon cache not written (%s)", exc)
+
+
+# -- providers ---------------------------------------------------------------------------------
+# A point is [from_epoch, to_epoch, g_per_kwh, measured(bool)].
+
+
+def _em_points(items: list, what: str) -> list:
+    pts = []
+    for it in items:
+        if not isinstance(it, dict) or it.get("carbonIntensity") is None or "datetime" not in it:
+            raise CarbonError(f"{what}: a point lacks carbonIntensity or datetime")
+        t0 = _epoch(it["datetime"])
+        gran = it.get("temporalGranularity") or "hourly"
+        step = {"5_minutes": 300, "15_minutes": 900, "hourly": 3600}.get(gran, 3600)
+        pts.append([t0, t0 + step, float(it["carbonIntensity"]), not it.get("isEstimated", False)])
+    return pts
+
+
+def electricitymaps(zone: str, start: float, end: float, *, token: str | None, base_url: str | None,
+                    client: Client, now: float) -> tuple[list, dict]:
+    token = token or os.environ.get(TOKEN_ENV)
+    if not token:
+        raise CarbonError(f"Electricity Maps needs an API token: set {TOKEN_ENV}")
+    base = (base_url or EM_BASE).rstrip("/")
+    headers = {"auth-token": token}
+    meta = {"provider": "Electricity Maps", "factor": "lifecycle", "kind": "average"}
+    if start >= now - 24 * 3600:
+        data = client.get_json(f"{base}/carbon-intensity/history", params={"zone": zone}, headers=headers,
+                               what=f"Electricity Maps history for {zone}")
+        items = data.get("history") if isinstance(data, dict) else None
+    else:
+        data = client.get_json(f"{base}/carbon-intensity/past-range",
+                               params={"zone": zone, "start": _iso(start), "end": _iso(end)}, headers=headers,
+                               what=f"Electricity Maps past-range for {zone}")
+        items = data.get("data") if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        raise CarbonError(f"Electricity Maps for {zone}: response has no history/data list")
+    pts = [p for p in _em_points(items, f"Electricity Maps {zone}") if p[1] > start and p[0] < end]
+    if not pts:
+        latest = client.get_json(f"{base}/carbon-intensity/latest", params={"zone": zone}, headers=headers,
+                                 what=f"Electricity Maps latest for {zone}")
+        pts = _em_points([latest], f"Electricity Maps latest {zone}")
+        meta["note"] = "no history point covers the run; latest value used"
+        pts = [[min(start, pts[0][0]), max(end, pts[0][1]), pts[0][2], False]]
+    if items and isinstance(items[0], dict) and items[0].get("emissionFactorType"):
+        meta["factor"] = items[0]["emissionFactorType"]
+    return pts, meta
+
+
+def uk(zone: str, start: float, end: float, *, base_url: str | None, client: Client, now: float) -> tuple[list, dict]:
+    base = (base_url or UK_BASE).rstrip("/")
+    region = None
+    if zone.upper() not in ("GB", "UK"):
+        tail = zone.split("-", 1)[-1]
+        if not tail.isdigit():
+            raise CarbonError(f"UK Carbon Intensity zone {zone!r}: use GB (national) or GB-<regionid 1..17>")
+        region = int(tail)
+    pts = []
+    t = start - (start % 1800)
+    while t < end:
+        t2 = min(end, t + UK_MAX_RANGE_S)
+        what = f"UK Carbon Intensity {zone} {_uk_iso(t)}..{_uk_iso(t2)}"
+        if region is None:
+            url = f"{base}/intensity/{_uk_iso(t)}/{_uk_iso(t2)}"
+        else:
+            url = f"{base}/regional/intensity/{_uk_iso(t)}/{_uk_iso(t2)}/regionid/{region}"
+        data = client.get_json(url, headers={"Accept": "application/json"}, what=what)
+        items = data.get("data") if isinstance(data, dict) else None
+        if isinstance(items, dict):  # regional responses nest the series one level down
+            items = items.get("data")
+        elif isinstance(items, list) and items and isinstance(items[0], dict) and "data" in items[0] and region is not None:
+            items = items[0]["data"]
+        if not isinstance(items, list):
+            raise CarbonError(f"{what}: response has no data list")
+        for it in items:
+            try:
+                inten = it["intensity"]
+                value = inten.get("actual")
+                measured = value is not None
+                if value is None:
+                    value = inten["forecast"]
+                pts.append([_epoch(it["from"]), _epoch(it["to"]), float(value), measured])
+            except (KeyError, TypeError, ValueError, AttributeError):
+                raise CarbonError(f"{what}: malformed point {str(it)[:80]}") from None
+        t = t2
+    meta = {"provider": "UK National Grid ESO Carbon Intensity API (CC BY 4.0)", "factor": "operational", "kind": "average"}
+    forecasts = sum(1 for p in pts if not p[3])
+    if forecasts:
+        meta["note"] = f"{forecasts} half-hour(s) had no actual value yet; forecast used"
+    return pts, meta
+
+
+def live_points(provider: str, zone: str, start: float, end: float, *, token: str | None = None,
+                base_url: str | None = None, session: Any = None, cache_dir: str | None = "default",
+                client: Client | None = None, now: float | None = None) -> tuple[list, dict]:
+    """Intensity points covering [start, end] (UTC epoch s) from a provider, cached per hour."""
+    if provider not in PROVIDERS:
+        raise CarbonError(f"unknown carbon provider {provider!r}; use one of {', '.join(PROVIDERS)} or 'offline'")
+    now = time.time() if now is None else now
+    cache = Cache(default_cache_dir() if cache_dir == "default" else cache_dir)
+    cached = cache.get(provider, zone, start, end)
+    if cached:
+        meta = {"electricitymaps": {"provider": "Electricity Maps", "factor": "lifecycle", "kind": "average"},
+                "uk": {"provider": "UK National Grid ESO Carbon Intensity API (CC BY 4.0)", "factor": "operational", "kind": "average"}}[provider]
+        return cached, {**meta, "note": "from meter's carbon cache"}
+    client = client or Client(session)
+    if provider == "electricitymaps":
+        pts, meta = electricitymaps(zone, start, end, token=token, base_url=base_url, client=client, now=now)
+    else:
+        pts, meta = uk(zone, start, end, base_url=base_url, client=client, now=now)
+    cache.put(provider, zone, pts, now)
+    return pts, meta
+
+
+def live_intensity(provider: str, zone: str, start: float, end: float, **kw: Any):
+    """An :class:`~meter.carbon.Intensity` with a time series for [start, end]. Raises CarbonError."""
+    from . import Intensity
+
+    pts, meta = live_points(provider, zone, start, end, **kw)
+    pts = sorted(pts)
+    # Time-weighted mean over the overlap with the window, for energy outside any point.
+    num = den = 0.0
+    for a, b, g, _m in pts:
+        w = max(0.0, min(b, end) - max(a, start))
+        num += g * w
+        den += w
+    mean = num / den if den > 0 else sum(p[2] for p in pts) / len(pts)
+    year = datetime.fromtimestamp(start, tz=timezone.utc).year
+    return Intensity(zone=zone, name=f"{zone} ({meta['provider']})", g_per_kwh=mean, source=meta["provider"],
+                     year=year, kind=meta["kind"], factor=meta["factor"], method="live", note=meta.get("note", ""),
+                     series=tuple((a, b, g) for a, b, g, _m in pts))
+
+
+def with_fallback(provider: str, zone: str, start: float, end: float, offline_intensity, **kw: Any):
+    """Live intensity, or the offline figure with ``method="fallback"`` and the reason recorded."""
+    from dataclasses import replace
+
+    try:
+        return live_intensity(provider, zone, start, end, **kw)
+    except CarbonError as exc:
+        log.warning("meter: live carbon intensity from %s failed (%s); using the offline figure for %s",
+                    provider, exc, offline_intensity.zone)
+        note = f"live {provider} failed: {exc}; offline figure used"
+        return replace(offline_intensity, method="fallback", note="; ".join(x for x in (offline_intensity.note, note) if x))
+
+
+def geolocate(url: str | None = None, session: Any = None, timeout: float = 2.0) -> tuple[str, str]:
+    """(zone key, how) from the public IP's location; only for ``region="auto"``."""
+    from . import offline
+
+    url = url or os.environ.get("METER_GEO_URL") or GEO_URL
+    client = Client(session, retries=0, timeout=timeout)
+    data = client.get_json(url, what=f"IP geolocation ({url.split('/')[2] if '//' in url else url})")
+    if not isinstance(data, dict) or not data.get("country"):
+        raise CarbonError("IP geolocation answered without a country")
+    country = str(data["country"]).upper()
+    region = str(data.get("region") or "")
+    zone = country
+    if country in ("US", "CA", "CN") and region:
+        z = offline.lookup(region)
+        if z is not None and z.key.startswith(country + "-"):
+            zone = z.key
+    how = f"IP geolocation via {url}: country {country}" + (f", region {region}" if region else "") + f" -> zone {zone}"
+    return zone, how
