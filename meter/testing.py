@@ -232,11 +232,13 @@ class RaplTree:
             return int(f.read())
 
     def set_uj(self, zone: str, value: int) -> None:
-        # In place, same inode: like sysfs, readers holding the file open see the new value.
-        with open(os.path.join(self.path(zone), "energy_uj"), "r+") as f:
-            f.seek(0)
-            f.truncate()
-            f.write(f"{int(value)}\n")
+        # In place, same inode, one fixed-width write: like sysfs, a reader holding the file open
+        # sees either the old or the new number, never a torn one.
+        fd = os.open(os.path.join(self.path(zone), "energy_uj"), os.O_WRONLY)
+        try:
+            os.pwrite(fd, (str(int(value)).ljust(20) + "\n").encode(), 0)
+        finally:
+            os.close(fd)
 
     def add(self, zone: str, joules: float) -> None:
         z = self.zones[zone]
@@ -268,7 +270,7 @@ def write_rapl_tree(root: str, zones: dict[str, dict] | None = None) -> RaplTree
             if v is None:
                 continue
             with open(os.path.join(d, k), "w") as f:
-                f.write(f"{v}\n")
+                f.write(f"{v}".ljust(20) + "\n" if k == "energy_uj" else f"{v}\n")
         if zone.count(":") == 1:
             link = os.path.join(root, zone)
             if not os.path.lexists(link):

@@ -28,6 +28,9 @@ PERMISSION_HINT = (
 )
 # Used to check the sampler interval against the wrap period when a zone states no limit.
 ASSUMED_MAX_POWER_W = 500.0
+# Two package counters this close (independent sockets differ by kJ) that also move together are
+# one counter exposed twice.
+MIRROR_TOLERANCE_J = 0.1
 
 _ZONE_RE = re.compile(r"^intel-rapl(-mmio)?:(\d+)(?::(\d+))?$")
 
@@ -190,19 +193,25 @@ class RaplSensor:
         if len(pkgs) < 2:
             return
         first = self.read()
-        groups: dict = {}
-        for i in pkgs:
-            if not isinstance(first[i], Fault):
-                groups.setdefault(first[i], []).append(i)
-        suspects = [g for g in groups.values() if len(g) > 1]
+        ok = [i for i in pkgs if not isinstance(first[i], Fault)]
+        # Counters read a few microseconds apart may differ by one update: compare loosely.
+        suspects = []
+        for i in ok:
+            for g in suspects:
+                if abs(first[i] - first[g[0]]) <= MIRROR_TOLERANCE_J:
+                    g.append(i)
+                    break
+            else:
+                suspects.append([i])
+        suspects = [g for g in suspects if len(g) > 1]
         if not suspects:
             return
         time.sleep(wait_s)
         second = self.read()
         drop = set()
         for g in suspects:
-            moved = [i for i in g if second[i] != first[i]]
-            if len(moved) == len(g) and len({second[i] for i in g}) == 1:
+            deltas = [second[i] - first[i] if not isinstance(second[i], Fault) else 0.0 for i in g]
+            if min(deltas) > 0 and max(deltas) - min(deltas) <= max(MIRROR_TOLERANCE_J, 0.01 * max(deltas)):
                 for i in g[1:]:
                     drop.add(i)
                     self.notes.append(f"RAPL {self.channels[i].details['zone']} mirrors {self.channels[g[0]].details['zone']} (identical moving counter); read once")
