@@ -293,16 +293,18 @@ class Meter:
 
     # -- spans ---------------------------------------------------------------------------------
     def track(self, name: str, *, samples: float | None = None, tokens: float | None = None,
-              flops: float | None = None, tags: dict | None = None) -> Track:
-        """A stage to measure: ``with m.track("train"):`` or ``@m.track("eval")``."""
-        return Track(self, name, {"samples": samples, "tokens": tokens, "flops": flops}, dict(tags or {}))
+              flops: float | None = None, tags: dict | None = None, **unknown: Any) -> Track:
+        """A stage to measure: ``with m.track("train"):`` or ``@m.track("eval")``.
+
+        ``samples``, ``tokens`` and ``flops`` may be given up front or added with ``span.add``;
+        ``tags`` are free-form labels (model, seq_len, batch size) carried into the record.
+        """
+        return Track(self, name, {"samples": samples, "tokens": tokens, "flops": flops, **unknown}, dict(tags or {}))
 
     def _open(self, name: str, counts: dict, tags: dict) -> Span:
         parent = _current.get()
-        while parent is not None and parent.meter is not self:
+        while parent is not None and (parent.meter is not self or parent.closed):
             parent = parent.parent
-        if parent is not None and parent.closed:
-            parent = None
         if self._forked or self._closed:
             span = Span(self, name, parent, counts, tags, inert=True)
             span._start = (self.clock.monotonic(), self.clock.wall())
@@ -547,9 +549,10 @@ def measure(span: Span, sampler, run_id: str | None) -> Measurement:
 
 
 def track(name: str, *, samples: float | None = None, tokens: float | None = None,
-          flops: float | None = None, tags: dict | None = None) -> Track:
-    """Measure a stage with the default Meter: ``with meter.track("finetune"):`` or as a decorator."""
-    return Track(None, name, {"samples": samples, "tokens": tokens, "flops": flops}, dict(tags or {}))
+          flops: float | None = None, tags: dict | None = None, **unknown: Any) -> Track:
+    """Measure a stage with the default Meter: ``with meter.track("finetune"):`` or as a decorator.
+    The default Meter is created on first use, configured from ``METER_*`` and pyproject.toml."""
+    return Track(None, name, {"samples": samples, "tokens": tokens, "flops": flops, **unknown}, dict(tags or {}))
 
 
 del _PROV_RANK, Unavailable, _check_counts

@@ -29,6 +29,10 @@ MAX_UPDATE_PERIOD_S = 1.0
 #: A counter's power is estimated over its last this-many changes, so that the jitter between a
 #: counter's update and our first sight of it averages out (about 1 s at NVML's 100 ms period).
 POWER_WINDOW_CHANGES = 10
+#: The update period is the longest flat stretch over this many recent changes, trusted only
+#: after this many were seen (a counter poked by hand in a test has no period to learn).
+PERIOD_WINDOW = 16
+PERIOD_MIN_CHANGES = 8
 
 
 @dataclass(frozen=True)
@@ -80,9 +84,9 @@ class Sampler:
         self._odo = [0.0] * n
         self._power = [0.0] * n
         self._seen_t = [0.0] * n  # when the current counter value was first seen
-        self._period = [0.0] * n
+        self._flat = [0.0] * n  # how long the current counter value has been seen unchanged
+        self._flats = [deque(maxlen=PERIOD_WINDOW) for _ in range(n)]
         self._alive = [True] * n
-        self._t_last: float | None = None
         self.faults: list[FaultRecord] = []
         self._fault_keys: set[tuple[str, str]] = set()
         self.wraps = [0] * n
@@ -126,9 +130,7 @@ class Sampler:
                     continue
                 if v == prev:
                     if power[i] > 0 and self._learn[i]:
-                        flat = t - self._seen_t[i]
-                        if self._period[i] < flat <= MAX_UPDATE_PERIOD_S:
-                            self._period[i] = flat
+                        self._flat[i] = t - self._seen_t[i]
                     continue
                 delta = v - prev
                 if delta < 0:
@@ -144,6 +146,10 @@ class Sampler:
                             "avoid reloading the GPU driver during a measured run",
                         ))
                 odo[i] += delta
+                if self._learn[i]:
+                    if 0.0 < self._flat[i] <= MAX_UPDATE_PERIOD_S:
+                        self._flats[i].append(self._flat[i])
+                    self._flat[i] = 0.0
                 ring = self._changes[i]
                 ring.append((t, odo[i]))
                 t0, e0 = ring[0]
@@ -156,7 +162,6 @@ class Sampler:
                     odo[i] += (prev + v) * 0.5 * (t - self._seen_t[i])
                 self._seen_t[i] = t
                 power[i] = v
-        self._t_last = t
 
     def _fault(self, t: float, wall: float, i: int, fault: Fault) -> None:
         key = self.channels[i].key
@@ -171,8 +176,10 @@ class Sampler:
         log.warning("meter: %s%s", fault.reason, f" ({fault.hint})" if fault.hint else "")
 
     def update_period_s(self, i: int) -> float:
-        """Learned update period of energy channel ``i`` (0.0 until seen)."""
-        return self._period[i]
+        """Learned update period of counter channel ``i``: the longest stretch it was seen not to
+        move while drawing power, over its last changes. 0.0 until seen often enough to trust."""
+        flats = self._flats[i]
+        return max(flats) if len(flats) >= PERIOD_MIN_CHANGES else 0.0
 
     def alive(self, i: int) -> bool:
         return self._alive[i]

@@ -29,7 +29,10 @@ _ids = itertools.count(1)
 
 def current_span() -> "Span | None":
     """The innermost open span in this context, or None."""
-    return _current.get()
+    span = _current.get()
+    while span is not None and span.closed:  # e.g. left open and then closed by Meter.close()
+        span = span.parent
+    return span
 
 
 @dataclass(frozen=True)
