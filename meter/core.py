@@ -243,7 +243,7 @@ class Meter:
                 info = self._run_info()
                 info["ended_utc"] = utc_iso(self.clock.wall())
                 info["faults"] = [f.__dict__ for f in self.sampler.faults]
-                info["wraps"] = dict(zip([c.key for c in self.sampler.channels], self.sampler.wraps))
+                info["wraps"] = dict(zip([c.key for c in self.sampler.channels], self.sampler.wraps, strict=False))
                 info["learned_update_period_s"] = {
                     c.key: self.sampler.update_period_s(i) for i, c in enumerate(self.sampler.channels) if c.mode == "energy"
                 }
@@ -349,7 +349,7 @@ class Meter:
         if self._open_spans:
             comp_power: dict[str, float] = {}
             total = 0.0
-            for ch, p in zip(self.sampler.channels, snap.power_w):
+            for ch, p in zip(self.sampler.channels, snap.power_w, strict=False):
                 comp_power[ch.component] = comp_power.get(ch.component, 0.0) + p
                 total += p
             comp_power["total"] = total

@@ -221,11 +221,11 @@ def _rebuild_open(run_dir: str, info: dict, closed_ids: set, problems: list[str]
         }
         if sample is not None:
             header, row = sample
-            vals = dict(zip(header, (float(x) for x in row)))
+            vals = dict(zip(header, (float(x) for x in row), strict=False))
             rec["duration_s"] = vals["t_mono_s"] - o["start_t"]
             rec["end_utc"] = utc_iso(vals["t_wall_s"])
             devices, by_comp = [], {}
-            for ch, start_j in zip(channels, o.get("start_energy_j", [])):
+            for ch, start_j in zip(channels, o.get("start_energy_j", []), strict=False):
                 e = vals.get(f"{ch['key']}:energy_j")
                 if e is None:
                     continue

@@ -15,7 +15,6 @@ from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
-from .clock import utc_iso
 from .errors import ConfigError
 from .sensors import COUNTER, ESTIMATED, POWER_INTEGRATED
 

@@ -100,7 +100,7 @@ def test_result_is_frozen_and_versioned(rig):
     with m.track("x") as span:
         spend(1)
         with pytest.raises(RuntimeError, match="still open"):
-            span.result
+            _ = span.result
     r = span.result
     assert r.schema_version == 1 and r.status == "complete"
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -129,7 +129,7 @@ def test_threads_have_their_own_trees(clock):
     def worker(k):
         with m.track(f"worker-{k}") as outer:
             barrier.wait()
-            for i in range(50):
+            for _i in range(50):
                 with m.track("step") as inner:
                     inner.add(samples=1)
             out[k] = (outer, inner)

@@ -167,7 +167,7 @@ def _alias_index() -> dict[str, str]:
             a = _norm(a)
             if a and a not in idx:
                 idx[a] = key
-    for key, z in zones().items():  # a country's alpha-2 beats any alias that happens to equal it
+    for key in zones():  # a country's alpha-2 beats any alias that happens to equal it
         idx[key.lower()] = key
     return idx
 

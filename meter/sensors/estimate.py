@@ -104,12 +104,13 @@ class EstimateSensor:
 
     name = "estimate"
 
-    def __init__(self, *, cpu: bool = True, ram: bool = True, cpu_tdp_w: float | None = None, pid: int | None = None):
+    def __init__(self, *, cpu: bool = True, ram: bool = True, cpu_tdp_w: float | None = None, pid: int | None = None,
+                 model: str | None = None):
         self._pid = pid
         self._tree = None
         self._ncpu = os.cpu_count() or 1
         self._peak_cpu_s = 0.0
-        self.model = cpu_model()
+        self.model = model or cpu_model()
         sockets = socket_count()
         if cpu_tdp_w is not None:
             tdp, src = float(cpu_tdp_w), "given by the user (cpu_tdp_w)"

@@ -156,7 +156,7 @@ class RaplSensor:
                 self.unavailable.append(Unavailable("rapl", f"{energy_path}: {exc.strerror}", "", "error"))
                 continue
             try:
-                value = int(os.pread(fd, 32, 0))
+                int(os.pread(fd, 32, 0))
             except (OSError, ValueError) as exc:
                 os.close(fd)
                 why = exc.strerror if isinstance(exc, OSError) else "content is not an integer"
