@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import datetime
 
 
 class SystemClock:
@@ -18,8 +18,9 @@ class SystemClock:
 
 def utc_iso(epoch_s: float) -> str:
     """UTC ISO-8601 with milliseconds and a ``Z`` suffix, e.g. ``2026-11-21T23:30:00.000Z``."""
-    dt = datetime.fromtimestamp(epoch_s, tz=timezone.utc)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    whole = int(epoch_s // 1)
+    ms = int((epoch_s - whole) * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{ms:03d}Z"
 
 
 def parse_utc_iso(text: str) -> float:

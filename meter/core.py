@@ -18,11 +18,12 @@ from typing import Any
 from . import config as config_mod
 from .clock import SystemClock, utc_iso
 from .errors import ConfigError
-from .sensors import COMPONENTS, COUNTER, ESTIMATED, Discovery, Unavailable
-from .spans import _PROV_RANK, ComponentEnergy, DeviceEnergy, Measurement, Span, Track, _check_counts, _current
+from .sensors import ESTIMATED, Discovery
+from .spans import Measurement, Span, Track, _current, measure
 
 log = logging.getLogger("meter")
 
+RESULTS_KEPT = 10_000
 _meters: "weakref.WeakSet[Meter]" = weakref.WeakSet()
 _hooks_installed = False
 _default: "Meter | None" = None
@@ -131,7 +132,8 @@ class Meter:
         self._events: deque = deque()
         self._open_spans: dict[int, Span] = {}
         self._heartbeat_dirty = False
-        self.results: list[Measurement] = []
+        # The most recent closed spans, in memory; every span is on disk in spans.jsonl.
+        self.results: deque[Measurement] = deque(maxlen=RESULTS_KEPT)
         self.discovery: Discovery | None = None
         self.sampler = None
         self.writer = None
@@ -471,88 +473,9 @@ def _sync_cuda() -> None:
         pass
 
 
-def measure(span: Span, sampler, run_id: str | None) -> Measurement:
-    """Energy, power and warnings of a closed span from its two snapshots."""
-    s, e = span._start, span._end
-    d = e.t - s.t
-    warnings: list[str] = []
-    devices = []
-    comps: dict[str, list] = {}
-    for i, ch in enumerate(sampler.channels):
-        dj = e.energy_j[i] - s.energy_j[i]
-        corrected = False
-        if ch.mode == "energy" and ch.provenance == COUNTER and d > 0:
-            period = sampler.update_period_s(i)
-            edge_w = (s.power_w[i] + e.power_w[i]) * 0.5
-            if edge_w > 0 and (dj == 0 or d < period):
-                dj = edge_w * d
-                corrected = True
-                warnings.append(
-                    f"{ch.key}: span ({d * 1e3:.1f} ms) shorter than the counter's update period "
-                    f"({period * 1e3:.0f} ms); energy from power at the span's edges ({edge_w:.1f} W)"
-                )
-            elif period > 0 and dj > 0 and 100.0 * edge_w * period / dj >= 1.0:
-                bound = 100.0 * edge_w * period / dj
-                warnings.append(
-                    f"{ch.key}: counter updates every {period * 1e3:.0f} ms; this {d * 1e3:.0f} ms span may be off by up to one update (~{bound:.0f}%)"
-                )
-        if not sampler.alive(i):
-            f = next((f for f in sampler.faults if f.key == ch.key and f.permanent), None)
-            if f is not None and f.t <= e.t:
-                warnings.append(f"{ch.key} failed during or before this span ({f.reason}); energy after that point is missing")
-        dev = DeviceEnergy(ch.key, ch.component, ch.label, dj, ch.provenance, ch.scope, ch.shared, corrected)
-        devices.append(dev)
-        comps.setdefault(ch.component, []).append(dev)
-        if ch.shared and ch.component == "gpu":
-            warnings.append(f"{ch.key}: {ch.details.get('mig', 'reading covers the whole GPU')}")
-    for f in sampler.faults[s.n_faults:e.n_faults]:
-        if not f.permanent:
-            warnings.append(f"{f.key}: {f.reason}")
-    by_comp = {}
-    measured = estimated = 0.0
-    for comp in sorted(comps, key=lambda c: (COMPONENTS.index(c) if c in COMPONENTS else 99, c)):
-        devs = comps[comp]
-        total = sum(x.energy_j for x in devs)
-        provs = {x.provenance for x in devs}
-        prov = provs.pop() if len(provs) == 1 else "mixed"
-        by_comp[comp] = ComponentEnergy(total, prov, tuple(x.key for x in devs))
-        for x in devs:
-            if x.provenance == ESTIMATED:
-                estimated += x.energy_j
-            else:
-                measured += x.energy_j
-    if any(x.provenance == ESTIMATED for x in devices):
-        est = sorted({x.component for x in devices if x.provenance == ESTIMATED})
-        warnings.append(f"{', '.join(est)} energy is estimated from a model, not measured")
-    if not devices:
-        warnings.append("no energy sensor was available: energy not measured (run `python -m meter`)")
-    total = measured + estimated if devices else None
-    avg = total / d if (total is not None and d > 0) else None
-    peak = dict(span._peak)
-    edge_total = max(sum(s.power_w), sum(e.power_w)) if devices else None
-    peak_total = peak.pop("total", None)
-    if total is not None:
-        candidates = [v for v in (peak_total, edge_total, avg) if v is not None]
-        peak_total = max(candidates) if candidates else None
-    for comp, ce in by_comp.items():
-        if d > 0:
-            peak[comp] = max(peak.get(comp, 0.0), ce.energy_j / d)
-    return Measurement(
-        name=span.name, path=span.path, span_id=span.span_id, parent_id=span.parent_id,
-        depth=span.depth, run_id=run_id, start_utc=utc_iso(s.wall), end_utc=utc_iso(e.wall),
-        duration_s=d, energy_j=total, measured_energy_j=measured if devices else None,
-        estimated_energy_j=estimated if devices else None, energy_by_component=by_comp,
-        devices=tuple(devices), avg_power_w=avg, peak_power_w=peak_total,
-        peak_power_by_component_w=peak, counts=dict(span.counts), tags=dict(span.tags),
-        interval_s=sampler.interval_s, warnings=tuple(dict.fromkeys(warnings)), thread=span.thread,
-    )
-
-
 def track(name: str, *, samples: float | None = None, tokens: float | None = None,
           flops: float | None = None, tags: dict | None = None, **unknown: Any) -> Track:
     """Measure a stage with the default Meter: ``with meter.track("finetune"):`` or as a decorator.
     The default Meter is created on first use, configured from ``METER_*`` and pyproject.toml."""
     return Track(None, name, {"samples": samples, "tokens": tokens, "flops": flops, **unknown}, dict(tags or {}))
 
-
-del _PROV_RANK, Unavailable, _check_counts

@@ -84,8 +84,9 @@ class RunWriter:
     def append_spans(self, measurements) -> None:
         lines = []
         for m in measurements:
-            rec = {"schema_version": SCHEMA_VERSION, "type": "span", **_clean(m.to_dict())}
-            lines.append(json.dumps(rec, default=_json_default))
+            # Sensor values are checked finite by the sampler, so records need no NaN scrub.
+            rec = {"schema_version": SCHEMA_VERSION, "type": "span", **m.to_dict()}
+            lines.append(json.dumps(rec, default=_json_default, separators=(",", ":"), check_circular=False))
         self._spans.write("\n".join(lines) + "\n")
 
     def append_sample(self, snap) -> None:
@@ -224,14 +225,13 @@ def _rebuild_open(run_dir: str, info: dict, closed_ids: set, problems: list[str]
             vals = dict(zip(header, (float(x) for x in row), strict=False))
             rec["duration_s"] = vals["t_mono_s"] - o["start_t"]
             rec["end_utc"] = utc_iso(vals["t_wall_s"])
-            devices, by_comp = [], {}
+            devices, by_comp = {}, {}
             for ch, start_j in zip(channels, o.get("start_energy_j", []), strict=False):
                 e = vals.get(f"{ch['key']}:energy_j")
                 if e is None:
                     continue
                 dj = e - start_j
-                devices.append({"key": ch["key"], "component": ch["component"], "label": ch.get("label"), "energy_j": dj,
-                                "provenance": ch["provenance"], "scope": ch.get("scope"), "shared": ch.get("shared", False), "corrected": False})
+                devices[ch["key"]] = {"energy_j": dj, "provenance": ch["provenance"], "corrected": False}
                 c = by_comp.setdefault(ch["component"], {"energy_j": 0.0, "provenance": ch["provenance"], "devices": []})
                 c["energy_j"] += dj
                 c["devices"].append(ch["key"])
@@ -239,9 +239,9 @@ def _rebuild_open(run_dir: str, info: dict, closed_ids: set, problems: list[str]
                     c["provenance"] = "mixed"
             rec["devices"] = devices
             rec["energy_by_component"] = by_comp
-            total = sum(d["energy_j"] for d in devices) if devices else None
+            total = sum(d["energy_j"] for d in devices.values()) if devices else None
             rec["energy_j"] = total
-            rec["estimated_energy_j"] = sum(d["energy_j"] for d in devices if d["provenance"] == "estimated") if devices else None
+            rec["estimated_energy_j"] = sum(d["energy_j"] for d in devices.values() if d["provenance"] == "estimated") if devices else None
             rec["measured_energy_j"] = (total - rec["estimated_energy_j"]) if devices else None
             rec["avg_power_w"] = total / rec["duration_s"] if total is not None and rec["duration_s"] > 0 else None
         out.append(rec)

@@ -121,6 +121,9 @@ class Sampler:
             if isinstance(v, Fault):
                 self._fault(t, wall, i, v)
                 continue
+            if not (v - v == 0.0):  # NaN or infinity from a confused driver
+                self._fault(t, wall, i, Fault(f"{self.channels[i].key}: sensor returned {v!r}; reading ignored"))
+                continue
             prev = raw[i]
             raw[i] = v
             if self._is_energy[i]:
