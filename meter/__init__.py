@@ -14,11 +14,13 @@ from .errors import CarbonError, ConfigError, MeterError, PermissionDenied, RunL
 from .spans import ComponentEnergy, DeviceEnergy, Measurement, Span, current_span
 
 
-def load(paths):
-    """One pandas DataFrame row per span of the runs under ``paths`` (see meter.runlog.load)."""
-    from .runlog import load as _load
+def load(paths, *, live: bool = True):
+    """A pandas DataFrame, one row per span of the runs under ``paths`` (a run directory, an
+    output directory, or a list of them), with energy by component and provenance, counts, tags,
+    and emissions from the run's region and PUE. See :func:`meter.report.frame.load`."""
+    from .report.frame import load as _load
 
-    return _load(paths)
+    return _load(paths, live=live)
 
 
 __all__ = [

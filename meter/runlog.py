@@ -311,27 +311,3 @@ def span_rows(run: Run) -> list[dict]:
         row["run_dir"] = run.run_dir
         rows.append(row)
     return rows
-
-
-def load(paths):
-    """A pandas DataFrame with one row per span of every run under ``paths``.
-
-    ``paths`` is a run directory, an output directory holding runs, or a list of them. Columns:
-    run and span identity, ``duration_s``, ``energy_j`` (with ``measured_energy_j`` and
-    ``estimated_energy_j``), ``<component>_energy_j`` and ``<component>_provenance`` for gpu, cpu
-    and dram, power, counts, ``tag_*`` columns and ``warnings``. ``df.attrs["problems"]`` lists
-    corrupt lines that were skipped.
-    """
-    import pandas as pd
-
-    rows, problems = [], []
-    for d in find_runs(paths):
-        run = read_run(d)
-        problems.extend(run.problems)
-        rows.extend(span_rows(run))
-    df = pd.DataFrame(rows)
-    for col in SPAN_COLUMNS:
-        if col not in df.columns:
-            df[col] = None
-    df.attrs["problems"] = problems
-    return df

@@ -1,0 +1,101 @@
+"""Run logs on disk to a pandas DataFrame, one row per span, with carbon joined in.
+
+Emissions are computed here, at report time: the run's region and PUE from run.json, offline
+intensity by default, or the run's live provider (``carbon=`` in its config) over the run's
+window, time-resolved per span from samples.csv when the intensity varies.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .. import carbon
+from ..clock import parse_utc_iso
+from ..runlog import SPAN_COLUMNS, Run, find_runs, read_run, span_rows
+
+log = logging.getLogger("meter")
+
+
+def run_intensity(run: Run, *, live: bool = True, session: Any = None) -> carbon.Intensity:
+    """The intensity a run's figures use: its region offline, or its live provider with fallback."""
+    cfg = run.info.get("config") or {}
+    region = cfg.get("region")
+    base = carbon.resolve(region) if region else carbon.world_default()
+    provider, _, zone = str(cfg.get("carbon") or "offline").partition(":")
+    if provider == "offline" or not live:
+        return base
+    from ..carbon.live import with_fallback
+
+    times = [parse_utc_iso(s["start_utc"]) for s in run.spans if s.get("start_utc")]
+    ends = [parse_utc_iso(s["end_utc"]) for s in run.spans if s.get("end_utc")]
+    if not times:
+        return base
+    return with_fallback(provider, zone or base.zone, min(times), max(ends or times), base, session=session)
+
+
+def _span_emissions(row: dict, intensity: carbon.Intensity, pue: float, samples) -> float | None:
+    e = row.get("energy_j")
+    if e is None:
+        return None
+    if not intensity.series or samples is None or samples.empty or not row.get("end_utc"):
+        mid = (parse_utc_iso(row["start_utc"]) + parse_utc_iso(row["end_utc"])) / 2 if row.get("end_utc") else None
+        g = intensity.at(mid) if mid is not None else intensity.g_per_kwh
+        return carbon.emissions_g(e, carbon.Intensity(intensity.zone, intensity.name, g, intensity.source, intensity.year), pue)
+    t0, t1 = parse_utc_iso(row["start_utc"]), parse_utc_iso(row["end_utc"])
+    inside = samples[(samples["t_wall_s"] > t0) & (samples["t_wall_s"] < t1)]
+    energy_cols = [c for c in samples.columns if c.endswith(":energy_j")]
+    ts = inside["t_wall_s"].tolist()
+    cum = inside[energy_cols].sum(axis=1).tolist()
+    if len(ts) < 2 or cum[-1] <= cum[0] or ts[-1] <= ts[0]:
+        return carbon.emissions_over([t0, t1], [0.0, e], intensity, pue)
+    # Between samples, energy follows what the counters saw; before the first and after the last
+    # sample, the average rate between them. Then everything is scaled to the span's energy.
+    rate = (cum[-1] - cum[0]) / (ts[-1] - ts[0])
+    head = rate * (ts[0] - t0)
+    shape = [0.0] + [head + c - cum[0] for c in cum] + [head + cum[-1] - cum[0] + rate * (t1 - ts[-1])]
+    scale = e / shape[-1]
+    return carbon.emissions_over([t0] + ts + [t1], [x * scale for x in shape], intensity, pue)
+
+
+def load(paths, *, live: bool = True, session: Any = None):
+    """DataFrame, one row per span of every run under ``paths``, with carbon columns:
+    ``pue``, ``facility_energy_j`` (IT energy x PUE), ``emissions_g`` (gCO2eq),
+    ``intensity_g_per_kwh``, ``intensity_zone``, ``intensity_source``, ``intensity_year``,
+    ``intensity_method`` (offline, live, fallback, region-unknown) and ``intensity_note``.
+    ``df.attrs["problems"]`` lists corrupt records skipped; ``df.attrs["runs"]`` the run infos."""
+    import pandas as pd
+
+    rows, problems, runs = [], [], []
+    for d in find_runs(paths):
+        run = read_run(d)
+        problems.extend(run.problems)
+        runs.append(run.info)
+        cfg = run.info.get("config") or {}
+        pue = float(cfg.get("pue") or 1.0)
+        try:
+            inten = run_intensity(run, live=live, session=session)
+        except carbon.CarbonError as exc:
+            problems.append(f"{d}: no carbon intensity ({exc})")
+            inten = None
+        samples = run.samples() if inten is not None and inten.series else None
+        for row in span_rows(run):
+            row["pue"] = pue
+            e = row.get("energy_j")
+            row["facility_energy_j"] = e * pue if e is not None else None
+            if inten is not None:
+                row["emissions_g"] = _span_emissions(row, inten, pue, samples)
+                row["intensity_g_per_kwh"] = inten.g_per_kwh
+                row["intensity_zone"] = inten.zone
+                row["intensity_source"] = inten.source
+                row["intensity_year"] = inten.year
+                row["intensity_method"] = inten.method
+                row["intensity_note"] = inten.note
+            rows.append(row)
+    df = pd.DataFrame(rows)
+    for col in SPAN_COLUMNS:
+        if col not in df.columns:
+            df[col] = None
+    df.attrs["problems"] = problems
+    df.attrs["runs"] = runs
+    return df
