@@ -272,6 +272,13 @@ class Meter:
         if self.writer is not None:
             self.writer.append_spans(records)
 
+    def flush(self) -> None:
+        """Write every closed span and a sample row to the run log now (normally the sampler
+        does this at its next tick). A no-op before the first span and after close."""
+        with self._lock:
+            if self._started and not self._closed and not self._forked:
+                self.sampler.tick()
+
     def __enter__(self) -> "Meter":
         return self
 
@@ -313,6 +320,8 @@ class Meter:
         else:
             if not self._started:
                 self.start()
+            if self._sync_cuda:
+                _sync_cuda()  # work queued before the span belongs to the stage before it
             span = Span(self, name, parent, counts, tags)
             span._start = self.sampler.read_now()
             self._events.append((0, span))
@@ -424,6 +433,19 @@ class Meter:
         start = now - 3600 if start_s is None else start_s
         end = now if end_s is None else end_s
         return with_fallback(provider, zone or self._carbon.zone, start, end, self._carbon)
+
+    def _snapshot(self, span: Span) -> Measurement:
+        """A span's figures so far, without closing it (status "open")."""
+        from dataclasses import replace
+
+        if span.inert or span._end is not None:
+            return span.result
+        view = Span.__new__(Span)
+        for slot in ("meter", "name", "path", "span_id", "parent", "parent_id", "depth", "thread", "tags", "inert"):
+            setattr(view, slot, getattr(span, slot))
+        view.counts = dict(span.counts)
+        view._start, view._end, view._peak = span._start, self.sampler.read_now(), dict(span._peak)
+        return replace(measure(view, self.sampler, self.run_id), status="open")
 
     def _emissions_g(self, span: Span) -> float | None:
         """gCO2eq of a span, time-resolved over the sampler timeline when intensity varies."""

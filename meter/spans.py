@@ -155,6 +155,20 @@ class Span:
             for k, v in new.items():
                 self.counts[k] = self.counts.get(k, 0) + v
 
+    def snapshot(self) -> Measurement:
+        """Figures so far for an open span (status "open"); the result itself once closed."""
+        return self.meter._snapshot(self)
+
+    def rename(self, name: str) -> None:
+        """Change an open span's name (for stages whose kind is known only later, such as a
+        Trainer evaluation that turns out to be ``predict``). Child paths opened before are kept."""
+        if self._end is not None:
+            raise RuntimeError(f"span {self.path!r} is closed; rename it before it exits")
+        if not isinstance(name, str) or not name or "/" in name:
+            raise ConfigError(f"span name {name!r}: use a non-empty string without '/'")
+        self.name = name
+        self.path = f"{self.parent.path}/{name}" if self.parent is not None else name
+
     @property
     def closed(self) -> bool:
         return self._end is not None
