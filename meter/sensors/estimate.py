@@ -17,6 +17,7 @@ import csv
 import importlib.util
 import os
 import re
+import time
 from functools import lru_cache
 
 from ..units import BYTES_PER_GB
@@ -165,8 +166,9 @@ class EstimateSensor:
 
     def _cpu_seconds(self) -> float:
         if self._pid is None:
+            # process_time has ns resolution (os.times ticks every 10 ms); reaped children from os.times.
             t = os.times()
-            return t.user + t.system + t.children_user + t.children_system
+            return time.process_time() + t.children_user + t.children_system
         import psutil
 
         if self._tree is None:

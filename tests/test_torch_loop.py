@@ -1,0 +1,62 @@
+"""Plain PyTorch loop helpers with real torch."""
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import meter  # noqa: E402
+from meter.integrations.torch import FlopCount, batch_counts, counted, stage, sync  # noqa: E402
+from meter.testing import FakeSensor  # noqa: E402
+
+
+@pytest.fixture
+def m(clock):
+    with meter.Meter(write=False, sensors=[FakeSensor.counter()], clock=clock, interval_s=3600) as m:
+        yield m
+
+
+def test_flops_of_linear_match_analytic_count(m):
+    batch, d_in, d_out = 32, 64, 16
+    layer = torch.nn.Linear(d_in, d_out)
+    x = torch.randn(batch, d_in)
+    with stage("forward", flops=True, meter_=m) as span:
+        layer(x)
+    assert span.result.counts["flops"] == 2 * batch * d_in * d_out  # one multiply-add = 2 FLOPs
+
+
+def test_flops_forward_and_backward(m):
+    layer = torch.nn.Linear(8, 4)
+    x = torch.randn(5, 8, requires_grad=True)
+    with m.track("step") as span, FlopCount():
+        layer(x).sum().backward()
+    # forward 2*5*8*4; backward: grad wrt input and wrt weight, each 2*5*8*4
+    assert span.result.counts["flops"] == 3 * 2 * 5 * 8 * 4
+
+
+def test_counted_loop_sums_samples_tokens_and_opens_every_n(m):
+    data = [{"input_ids": torch.ones(4, 10, dtype=torch.long), "attention_mask": torch.tensor([[1] * 10, [1] * 5 + [0] * 5, [1] * 3 + [0] * 7, [1] * 10])}
+            for _ in range(7)]
+    with m.track("epoch") as ep:
+        for _batch in counted(data, every=3):
+            pass
+    assert ep.result.counts == {"samples": 28, "tokens": 28 * 7}
+    m.flush()
+    children = [r for r in m.results if r.parent_id == ep.result.span_id]
+    assert [r.name for r in children] == ["steps-0-2", "steps-3-5", "steps-6-8"]
+    assert [r.counts["samples"] for r in children] == [12, 12, 4]
+
+
+def test_batch_counts_shapes():
+    assert batch_counts((torch.zeros(6, 3), torch.zeros(6))) == (6, None)
+    assert batch_counts(torch.zeros(2, 5)) == (2, None)
+    assert batch_counts({"pixel_values": torch.zeros(3, 3, 8, 8)}) == (3, None)
+    assert batch_counts({"input_ids": torch.zeros(2, 4, dtype=torch.long)}) == (2, 8)
+
+
+def test_bad_every_is_a_clear_error(m):
+    with pytest.raises(meter.ConfigError, match="positive number of steps"):
+        list(counted([1, 2], every=0))
+
+
+def test_sync_is_a_noop_without_cuda():
+    sync()
