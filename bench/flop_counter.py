@@ -10,7 +10,6 @@ import statistics
 import time
 
 import torch
-
 from meter.integrations.torch import FlopCount
 
 

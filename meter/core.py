@@ -178,6 +178,7 @@ class Meter:
             interval = self._safe_interval()
             self.sampler = Sampler(self.discovery.sensors, self.clock, interval, on_tick=self._on_tick)
             self.run_id = self._make_run_id()
+            self._started_utc = utc_iso(self.clock.wall())
             if self._write:
                 from .runlog import RunWriter
 
@@ -220,7 +221,7 @@ class Meter:
         return {
             "run_id": self.run_id,
             "run_name": self.run_name,
-            "started_utc": utc_iso(self.clock.wall()),
+            "started_utc": self._started_utc,
             "config": self.config.describe(),
             "channels": [c.describe() for c in self.sampler.channels],
             "unavailable": [u.describe() for u in self.discovery.unavailable],

@@ -7,8 +7,6 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 import meter
 from meter.testing import write_rapl_tree
 

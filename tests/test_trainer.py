@@ -1,6 +1,5 @@
 """A real transformers.Trainer on a tiny random BERT, on the CPU, with MeterCallback."""
 
-import json
 import os
 
 import pytest
@@ -8,8 +7,9 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-import meter  # noqa: E402
 from meter.integrations.transformers import MeterCallback  # noqa: E402
+
+import meter  # noqa: E402
 
 SEQ = 16
 

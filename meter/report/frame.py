@@ -87,6 +87,7 @@ def load(paths, *, live: bool = True, session: Any = None):
                 row["emissions_g"] = _span_emissions(row, inten, pue, samples)
                 row["intensity_g_per_kwh"] = inten.g_per_kwh
                 row["intensity_zone"] = inten.zone
+                row["intensity_name"] = inten.name
                 row["intensity_source"] = inten.source
                 row["intensity_year"] = inten.year
                 row["intensity_method"] = inten.method

@@ -1,0 +1,177 @@
+"""The card model: every figure a card shows, computed once from the run log on disk.
+
+Renderers (Markdown, JSON, LaTeX, Hugging Face, climate card, HTML) format this dict and
+compute nothing. Schema ``meter-card`` version 1; see docs/cards.md for the fields.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .._version import __version__
+from ..clock import parse_utc_iso
+from ..hardware import hardware_summary
+from ..units import j_to_kwh
+
+CARD_SCHEMA = "meter-card"
+CARD_SCHEMA_VERSION = 1
+
+TRAIN_NAMES = ("train", "fit", "finetune", "fine-tune", "fine_tune", "pretrain", "pre-train", "training", "epoch", "steps")
+EVAL_NAMES = ("evaluate", "eval", "validate", "validation", "test", "evaluation")
+PREDICT_NAMES = ("predict", "inference", "generate", "serve", "prediction")
+PREP_NAMES = ("prepare", "preprocess", "cache", "cache_build", "cache-build", "embed", "tokenize", "setup")
+
+
+def stage_kind(name: str, tags: dict | None = None) -> str:
+    """train | evaluate | predict | prepare | other, from a ``kind`` tag or the span's name."""
+    if tags and tags.get("kind"):
+        return str(tags["kind"])
+    low = name.lower()
+    for kind, names in (("evaluate", EVAL_NAMES), ("predict", PREDICT_NAMES), ("prepare", PREP_NAMES), ("train", TRAIN_NAMES)):
+        if any(low == n or low.startswith(n + "-") or low.startswith(n + "_") for n in names):
+            return kind
+    return "other"
+
+
+def _num(v: Any) -> float | None:
+    if v is None:
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else f
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b not in (None, 0) else None
+
+
+def _stage(row: dict, rows_by_parent: dict, kinds: dict) -> dict[str, Any]:
+    sid = row["span_id"]
+    energy = _num(row.get("energy_j"))
+    duration = _num(row.get("duration_s")) or 0.0
+    kind = kinds[sid]
+    children = rows_by_parent.get(sid, [])
+    child_energy = sum(_num(c.get("energy_j")) or 0.0 for c in children)
+    # "Own" energy: inclusive minus nested stages of another kind (evaluation inside an epoch),
+    # so energy per training sample is not inflated by evaluation.
+    other = 0.0
+    stack = list(children)
+    while stack:
+        c = stack.pop()
+        if kinds[c["span_id"]] != kind:
+            other += _num(c.get("energy_j")) or 0.0
+        else:
+            stack.extend(rows_by_parent.get(c["span_id"], []))
+    own = energy - other if energy is not None else None
+    samples, tokens, flops = _num(row.get("samples")), _num(row.get("tokens")), _num(row.get("flops"))
+    pue = _num(row.get("pue")) or 1.0
+    comps = {}
+    for comp in ("gpu", "cpu", "dram"):
+        e = _num(row.get(f"{comp}_energy_j"))
+        if e is not None:
+            comps[comp] = {"energy_j": e, "provenance": row.get(f"{comp}_provenance")}
+    tags = {k[4:]: v for k, v in row.items() if k.startswith("tag_") and v is not None and not (isinstance(v, float) and math.isnan(v))}
+    em = _num(row.get("emissions_g"))
+    return {
+        "path": row["path"], "name": row["name"], "depth": int(row.get("depth") or 0), "kind": kind,
+        "status": row.get("status") or "complete", "start_utc": row.get("start_utc"), "end_utc": row.get("end_utc"),
+        "duration_s": duration,
+        "energy_j": energy, "energy_kwh": j_to_kwh(energy) if energy is not None else None,
+        "own_energy_j": own, "exclusive_energy_j": energy - child_energy if energy is not None else None,
+        "measured_energy_j": _num(row.get("measured_energy_j")), "estimated_energy_j": _num(row.get("estimated_energy_j")),
+        "facility_energy_j": energy * pue if energy is not None else None,
+        "components": comps,
+        "avg_power_w": _num(row.get("avg_power_w")), "peak_power_w": _num(row.get("peak_power_w")),
+        "emissions_g": em,
+        "samples": samples, "tokens": tokens, "flops": flops,
+        "samples_per_s": _ratio(samples, duration), "tokens_per_s": _ratio(tokens, duration),
+        "energy_per_sample_j": _ratio(own, samples),
+        "energy_per_1k_tokens_j": _ratio(own * 1000 if own is not None else None, tokens),
+        "emissions_per_sample_g": _ratio(em * own / energy if (em is not None and own is not None and energy) else None, samples),
+        "flops_per_s": _ratio(flops, duration), "flops_per_j": _ratio(flops, own),
+        "peak_gpu_memory_bytes": _num(tags.get("peak_gpu_memory_bytes")),
+        "tags": tags,
+        "warnings": [w for w in str(row.get("warnings") or "").split("; ") if w],
+    }
+
+
+def _run(info: dict, rows: list[dict]) -> dict[str, Any]:
+    rows = sorted(rows, key=lambda r: (r.get("start_utc") or "", r["span_id"]))
+    by_parent: dict = {}
+    for r in rows:
+        pid = _num(r.get("parent_id"))
+        if pid is not None:
+            by_parent.setdefault(int(pid), []).append(r)
+    kinds: dict = {}
+    by_id = {r["span_id"]: r for r in rows}
+
+    def kind_of(r):
+        if r["span_id"] in kinds:
+            return kinds[r["span_id"]]
+        tags = {k[4:]: v for k, v in r.items() if k.startswith("tag_")}
+        k = stage_kind(str(r["name"]), tags)
+        pid = _num(r.get("parent_id"))
+        if k == "other" and pid is not None and int(pid) in by_id:
+            k = kind_of(by_id[int(pid)])  # "steps-0-99" inside a training epoch is training
+        kinds[r["span_id"]] = k
+        return k
+
+    for r in rows:
+        kind_of(r)
+    stages = [_stage(r, by_parent, kinds) for r in rows]
+    host = info.get("host") or {}
+    inten = {k: rows[0].get(f"intensity_{k}") for k in ("g_per_kwh", "zone", "name", "source", "year", "method", "note")} if rows else {}
+    top = [s for s in stages if s["depth"] == 0]
+    total_e = sum(s["energy_j"] or 0.0 for s in top)
+    start = info.get("started_utc")
+    end = info.get("ended_utc") or max((s["end_utc"] for s in stages if s["end_utc"]), default=None)
+    wall = parse_utc_iso(end) - parse_utc_iso(start) if start and end else None
+    cfg = info.get("config") or {}
+    return {
+        "run_id": info.get("run_id"), "run_name": info.get("run_name"), "started_utc": start, "ended_utc": end,
+        "hardware": {"summary": hardware_summary(host), "gpus": host.get("gpus", []), "cpu_model": host.get("cpu_model"),
+                     "cpu_sockets": host.get("cpu_sockets"), "logical_cpus": host.get("logical_cpus"), "ram_gb": host.get("ram_gb"),
+                     "hostname": host.get("hostname")},
+        "software": {k: host.get(k) for k in ("os", "python", "meter", "torch_version", "transformers_version", "nvidia_driver") if host.get(k)},
+        "region": cfg.get("region"), "intensity": inten, "pue": _num(cfg.get("pue")) or 1.0,
+        "interval_s": info.get("interval_s"),
+        "sensors": info.get("channels", []), "unavailable": info.get("unavailable", []), "notes": info.get("notes", []),
+        "faults": info.get("faults", []),
+        "stages": stages,
+        "totals": {
+            "wall_time_s": wall, "stage_time_s": sum(s["duration_s"] for s in top),
+            "energy_j": total_e, "energy_kwh": j_to_kwh(total_e),
+            "facility_energy_kwh": j_to_kwh(total_e) * (_num(cfg.get("pue")) or 1.0),
+            "emissions_g": sum(s["emissions_g"] or 0.0 for s in top),
+            "train_time_s": sum(s["duration_s"] for s in top if s["kind"] == "train"),
+            "train_energy_kwh": j_to_kwh(sum(s["energy_j"] or 0.0 for s in top if s["kind"] == "train")),
+            "train_emissions_g": sum(s["emissions_g"] or 0.0 for s in top if s["kind"] == "train"),
+        },
+    }
+
+
+def build(paths, *, live: bool = True, session: Any = None, df=None) -> dict[str, Any]:
+    """The card for the runs under ``paths``: the first run is the *final model*; all of them
+    together are *all experiments* (hyperparameter search, failed runs, ...)."""
+    from .frame import load
+
+    if df is None:
+        df = load(paths, live=live, session=session)
+    runs = []
+    infos = df.attrs.get("runs", [])
+    records = df.to_dict("records")
+    for info in infos:
+        rows = [r for r in records if r.get("run_id") == info.get("run_id")]
+        runs.append(_run(info, rows))
+    all_exp = {
+        "runs": len(runs),
+        "wall_time_s": sum(r["totals"]["wall_time_s"] or r["totals"]["stage_time_s"] for r in runs),
+        "energy_kwh": sum(r["totals"]["energy_kwh"] for r in runs),
+        "facility_energy_kwh": sum(r["totals"]["facility_energy_kwh"] for r in runs),
+        "emissions_g": sum(r["totals"]["emissions_g"] for r in runs),
+    }
+    return {"schema": CARD_SCHEMA, "schema_version": CARD_SCHEMA_VERSION, "generated_by": f"meter {__version__}",
+            "runs": runs, "all_experiments": all_exp, "problems": list(df.attrs.get("problems", []))}

@@ -1,0 +1,95 @@
+"""Matplotlib figures (the ``plot`` extra): power timeline with stages shaded, per-stage energy
+bars, the Pareto frontier. Each returns a Figure; the caller saves or embeds it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+COLORS = {"gpu": "#1b9e77", "cpu": "#d95f02", "dram": "#7570b3"}
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def power_timeline(run, card_run: dict | None = None):
+    """Power per component over the run (W), from samples.csv, with top-level stages shaded."""
+    from ..clock import parse_utc_iso
+
+    plt = _plt()
+    df = run.samples()
+    fig, ax = plt.subplots(figsize=(9, 3.2))
+    if df.empty or len(df) < 2:
+        ax.text(0.5, 0.5, "no samples", ha="center", va="center")
+        return fig
+    t0 = df["t_wall_s"].iloc[0]
+    t = df["t_wall_s"] - t0
+    for comp in ("gpu", "cpu", "dram"):
+        cols = [c for c in df.columns if c.startswith(comp + ":") and c.endswith(":energy_j")]
+        if not cols:
+            continue
+        e = df[cols].sum(axis=1)
+        p = e.diff() / df["t_wall_s"].diff()
+        ax.step(t, p.fillna(0.0), where="post", label=comp.upper(), color=COLORS[comp], linewidth=1.2)
+    stages = (card_run or {}).get("stages", [])
+    shades = ["#00000010", "#0000ff10"]
+    for k, s in enumerate(x for x in stages if x["depth"] == 0 and x.get("end_utc")):
+        a, b = parse_utc_iso(s["start_utc"]) - t0, parse_utc_iso(s["end_utc"]) - t0
+        ax.axvspan(a, b, color=shades[k % 2])
+        ax.text((a + b) / 2, 1.0, s["name"], transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=8)
+    ax.set_xlabel("time since start (s)")
+    ax.set_ylabel("power (W)")
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def stage_energy_bars(card_run: dict, *, max_depth: int = 1):
+    """Each stage's own energy (J), stacked by component."""
+    plt = _plt()
+    stages = [s for s in card_run["stages"] if s["depth"] <= max_depth]
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(stages) + 1.2))
+    labels = [("  " * s["depth"]) + s["name"] for s in stages][::-1]
+    left = [0.0] * len(stages)
+    for comp in ("gpu", "cpu", "dram"):
+        vals = []
+        for s in stages[::-1]:
+            c = s["components"].get(comp)
+            share = (s["own_energy_j"] or 0.0) / s["energy_j"] if s["energy_j"] else 0.0
+            vals.append((c["energy_j"] * share) if c else 0.0)
+        if any(vals):
+            ax.barh(labels, vals, left=left, color=COLORS[comp], label=comp.upper())
+            left = [a + b for a, b in zip(left, vals, strict=True)]
+    ax.set_xlabel("energy (J), nested stages of another kind excluded")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def pareto_plot(df, *, quality: str, cost: str, label: str | None = None, maximize: bool = True, ax: Any = None):
+    """Scatter of quality against cost with the non-dominated frontier drawn."""
+    from .analysis import pareto_front
+
+    plt = _plt()
+    front = pareto_front(df, quality=quality, cost=cost, maximize=maximize)
+    data = front.attrs["all"]
+    fig = None
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter(data[cost], data[quality], color="#999999", label="dominated")
+    ax.scatter(front[cost], front[quality], color="#d95f02", label="Pareto-optimal", zorder=3)
+    ax.plot(front[cost], front[quality], color="#d95f02", linewidth=1)
+    if label and label in data.columns:
+        for _, r in data.iterrows():
+            ax.annotate(str(r[label]), (r[cost], r[quality]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel(cost)
+    ax.set_ylabel(quality)
+    ax.legend(fontsize=8)
+    if fig is not None:
+        fig.tight_layout()
+    return fig or ax.figure
