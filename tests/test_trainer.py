@@ -1,5 +1,6 @@
 """A real transformers.Trainer on a tiny random BERT, on the CPU, with MeterCallback."""
 
+import json
 import os
 
 import pytest
@@ -83,6 +84,11 @@ def test_span_tree_counts_and_logs(trainer_run):
     assert train_logs and all({"energy_kwh", "emissions_g", "power_w", "energy_per_sample_j"} <= set(h) for h in train_logs)
     assert len(eval_logs) == 2 and all("eval_energy_kwh" in h and "eval_energy_per_sample_j" in h for h in eval_logs)
     assert train_logs[-1]["energy_kwh"] > train_logs[0]["energy_kwh"]  # cumulative over training
+    # the efficiency cards were written next to the model at the end of training
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.glob("*card*")) == ["climate_card.md", "efficiency_card.json", "efficiency_card.md"]
+    card = json.loads((out / "efficiency_card.json").read_text())
+    assert {s["path"] for s in card["runs"][0]["stages"]} == set(df.index)
 
 
 def test_evaluate_and_predict_on_their_own(trainer_run):
