@@ -70,7 +70,7 @@ STAGE_HEAD = ["stage", "kind", "time (s)", "energy (kWh)", "GPU", "CPU", "DRAM",
               "samples/s", "tokens/s", "J/sample", "J/1k tokens", "FLOP/J"]
 
 
-def _md_table(head: list[str], rows: list[list[str]]) -> list[str]:
+def md_table(head: list[str], rows: list[list[str]]) -> list[str]:
     out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     out += ["| " + " | ".join(r) + " |" for r in rows]
     return out
@@ -83,7 +83,7 @@ def markdown(card: dict) -> str:
         title = run["run_name"] or run["run_id"]
         out += [f"# Efficiency card: {title}", "",
                 f"Measured by {card['generated_by']}, run `{run['run_id']}`, {run['started_utc']} to {run['ended_utc']}.", ""]
-        out += _md_table(["", ""], [
+        out += md_table(["", ""], [
             ["Hardware", run["hardware"]["summary"]],
             ["Software", ", ".join(f"{k.replace('_version', '')} {v}" for k, v in run["software"].items())],
             ["Location and grid", f"{location_text(run)}: {intensity_text(run)}"],
@@ -94,7 +94,7 @@ def markdown(card: dict) -> str:
             ["Sampling", f"every {fmt(run['interval_s'])} s, plus synchronous reads at every stage's edges"],
         ])
         out += ["", "## Stages", ""]
-        out += _md_table(STAGE_HEAD, stage_rows(run))
+        out += md_table(STAGE_HEAD, stage_rows(run))
         out += ["", LEGEND, "Energy is inclusive of nested stages; J/sample, J/1k tokens and FLOP/J use the stage's own "
                 "energy (nested stages of another kind, such as evaluation inside an epoch, excluded).", ""]
         out += ["## Sensors", ""]
