@@ -10,6 +10,7 @@ import statistics
 import time
 
 import torch
+
 from meter.integrations.torch import FlopCount
 
 

@@ -9,10 +9,10 @@ synthetic (does token 5 occur in the sequence?). Runs on the CPU in well under a
 import argparse
 
 import torch
-from meter.integrations.transformers import MeterCallback
 from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
 
 import meter
+from meter.integrations.transformers import MeterCallback
 from meter.report.table import stage_table
 
 SEQ = 32

@@ -6,9 +6,9 @@
 import argparse
 
 import torch
-from meter.integrations.torch import counted, stage
 
 import meter
+from meter.integrations.torch import counted, stage
 from meter.report.table import stage_table
 
 

@@ -22,9 +22,8 @@ from torch import nn
 import meter
 from meter.integrations.torch import counted
 from meter.report import analysis, model, plots
-from meter.report.render import md_table
-from meter.report.render import fmt
 from meter.report.html import render as render_html
+from meter.report.render import fmt, md_table
 from meter.runlog import find_runs, read_run
 
 SIZES = {"small": dict(d=32, layers=1, heads=2), "base": dict(d=64, layers=2, heads=4)}

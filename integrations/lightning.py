@@ -16,9 +16,9 @@ import os
 from typing import Any
 
 import lightning.pytorch as pl
-from meter.integrations.torch import batch_counts
 
 import meter
+from meter.integrations.torch import batch_counts
 from meter.units import j_to_kwh
 
 

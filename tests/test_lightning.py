@@ -5,9 +5,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pl = pytest.importorskip("lightning.pytorch")
 
-from meter.integrations.lightning import MeterCallback  # noqa: E402
-
 import meter  # noqa: E402
+from meter.integrations.lightning import MeterCallback  # noqa: E402
 
 
 class Tiny(pl.LightningModule):

@@ -4,9 +4,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from meter.integrations.torch import FlopCount, batch_counts, counted, stage, sync  # noqa: E402
-
 import meter  # noqa: E402
+from meter.integrations.torch import FlopCount, batch_counts, counted, stage, sync  # noqa: E402
 from meter.testing import FakeSensor  # noqa: E402
 
 

@@ -8,9 +8,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from meter.integrations.transformers import MeterCallback  # noqa: E402
-
 import meter  # noqa: E402
+from meter.integrations.transformers import MeterCallback  # noqa: E402
 
 SEQ = 16
 
