@@ -200,7 +200,7 @@ class Meter:
                 safe = wrap / 4
                 self.discovery.notes.append(
                     f"interval_s={interval:g} s is too long for RAPL counters that can wrap every "
-                    f"{wrap:.0f} s at full power; sampling every {safe:.3g} s instead"
+                    f"{wrap:.3g} s at full power; sampling every {safe:.3g} s instead"
                 )
                 log.warning("meter: %s", self.discovery.notes[-1])
                 interval = safe

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from .sensors import COUNTER, Channel, Fault
+from .counters import UpdateGrid, counter_delta
+from .sensors import COUNTER, POWER_INTEGRATED, Channel, Fault
 
 log = logging.getLogger("meter")
 
@@ -33,6 +36,19 @@ POWER_WINDOW_CHANGES = 10
 #: after this many were seen (a counter poked by hand in a test has no period to learn).
 PERIOD_WINDOW = 16
 PERIOD_MIN_CHANGES = 8
+#: Power-only hardware channels (pre-Volta GPUs) are polled this often, with random jitter so a
+#: periodic load cannot alias with the polling: at 10 Hz a 4 Hz square wave is misread by ~10%.
+FAST_POWER_INTERVAL_S = 0.02
+#: Counters whose learned update period is at least this long (NVML's ~100 ms) also have their
+#: instantaneous power read, to correct spans shorter than one update.
+AUX_POWER_MIN_PERIOD_S = 0.005
+#: At start the sampler thread reads counters every PROBE_INTERVAL_S for up to PROBE_S seconds to
+#: learn their update periods (as Zeus does): at 10 Hz a 10 Hz counter never looks flat.
+PROBE_S = 1.5
+PROBE_INTERVAL_S = 0.001
+#: Every REANCHOR_S the thread re-reads coarse counters every millisecond until each shows one
+#: update, re-pinning their update grids so that drift in the learned period never accumulates.
+REANCHOR_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -44,6 +60,9 @@ class Snapshot:
     energy_j: tuple
     power_w: tuple
     n_faults: int
+    # Per channel: seconds the counter's reading lags ``t`` (coarse counters with a learned
+    # update grid), else None. None for the whole tuple when no channel has a grid.
+    age_s: tuple | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +89,21 @@ class Sampler:
     ):
         self._sensors = tuple(sensors)
         self.channels: tuple[Channel, ...] = tuple(c for s in self._sensors for c in s.channels)
+        starts, k = [], 0
+        for sensor in self._sensors:
+            starts.append(k)
+            k += len(sensor.channels)
+        self._starts = tuple(starts)
+        self._fast = tuple(
+            (i, sensor) for i, sensor in enumerate(self._sensors)
+            if any(c.mode == "power" and c.provenance == POWER_INTEGRATED for c in sensor.channels)
+        )
+        self.fast_interval_s = min(interval_s, FAST_POWER_INTERVAL_S) if self._fast else None
+        self._counter_sensors = tuple(
+            (i, sensor) for i, sensor in enumerate(self._sensors)
+            if any(c.mode == "energy" and c.provenance == COUNTER and "update_period_s" not in c.details for c in sensor.channels)
+        )
+        self._aux: dict[int, list[int]] = {}  # sensor index -> channel indices needing instant power
         self.clock = clock
         self.interval_s = interval_s
         self.on_tick = on_tick
@@ -77,7 +111,10 @@ class Sampler:
         self._is_energy = tuple(c.mode == "energy" for c in self.channels)
         # Update periods are learned, and short spans corrected, for hardware counters only: an
         # estimate's CPU-time input has a known 10 ms tick and flat stretches that mean "idle".
-        self._learn = tuple(c.mode == "energy" and c.provenance == COUNTER for c in self.channels)
+        # A sensor may declare its counter's update period (RAPL: ~1 ms; fakes: continuous).
+        self._declared = tuple(c.details.get("update_period_s") for c in self.channels)
+        self._learn = tuple(c.mode == "energy" and c.provenance == COUNTER and d is None
+                            for c, d in zip(self.channels, self._declared, strict=True))
         self._changes = [deque(maxlen=POWER_WINDOW_CHANGES) for _ in self.channels]
         self._wrap = tuple(c.wrap_j or 0.0 for c in self.channels)
         self._raw: list = [None] * n
@@ -85,6 +122,8 @@ class Sampler:
         self._power = [0.0] * n
         self._seen_t = [0.0] * n  # when the current counter value was first seen
         self._flat = [0.0] * n  # how long the current counter value has been seen unchanged
+        self._last_t = [0.0] * n  # when each counter was last read
+        self._grids: dict[int, UpdateGrid] = {}  # coarse counters' update grids
         self._flats = [deque(maxlen=PERIOD_WINDOW) for _ in range(n)]
         self._alive = [True] * n
         self.faults: list[FaultRecord] = []
@@ -106,16 +145,48 @@ class Sampler:
             wall = self.clock.wall()
             values: list = []
             for s in self._sensors:
-                try:
-                    values.extend(s.read())
-                except Exception as exc:  # noqa: BLE001 - a broken sensor must not break training
-                    values.extend([Fault(f"{s.name} sensor raised {type(exc).__name__}: {exc}")] * len(s.channels))
-            self._update(t, wall, values)
-            return Snapshot(t, wall, tuple(self._odo), tuple(self._power), len(self.faults))
+                values.extend(self._read(s))
+            self._update(t, wall, values, 0)
+            age = None
+            if self._aux:
+                self._read_aux()
+                grids = self._grids
+                age = tuple(grids[i].age(t) if i in grids and grids[i].ready else None for i in range(len(self._odo)))
+            return Snapshot(t, wall, tuple(self._odo), tuple(self._power), len(self.faults), age)
 
-    def _update(self, t: float, wall: float, values: list) -> None:
+    def _read(self, sensor) -> tuple:
+        try:
+            return sensor.read()
+        except Exception as exc:  # noqa: BLE001 - a broken sensor must not break training
+            return (Fault(f"{sensor.name} sensor raised {type(exc).__name__}: {exc}"),) * len(sensor.channels)
+
+    def _read_aux(self) -> None:
+        """Instantaneous power of coarse counters, replacing the rate derived from the counter."""
+        for si, idx in self._aux.items():
+            try:
+                p = self._sensors[si].read_power()
+            except Exception:  # noqa: BLE001 - the derived rate stays in place
+                continue
+            base = self._starts[si]
+            for i in idx:
+                v = p[i - base]
+                if isinstance(v, float) and self._alive[i]:
+                    self._power[i] = v
+
+    def read_fast(self) -> None:
+        """Read only the sensors with power-only channels (between full ticks)."""
+        self._read_some(self._fast)
+
+    def _read_some(self, sensors) -> None:
+        with self._lock:
+            t = self.clock.monotonic()
+            wall = self.clock.wall()
+            for si, sensor in sensors:
+                self._update(t, wall, list(self._read(sensor)), self._starts[si])
+
+    def _update(self, t: float, wall: float, values: list, base: int) -> None:
         raw, odo, power = self._raw, self._odo, self._power
-        for i, v in enumerate(values):
+        for i, v in enumerate(values, base):
             if not self._alive[i]:
                 continue
             if isinstance(v, Fault):
@@ -127,6 +198,7 @@ class Sampler:
             prev = raw[i]
             raw[i] = v
             if self._is_energy[i]:
+                last_t, self._last_t[i] = self._last_t[i], t
                 if prev is None:
                     self._seen_t[i] = t
                     self._changes[i].append((t, 0.0))
@@ -135,24 +207,25 @@ class Sampler:
                     if power[i] > 0 and self._learn[i]:
                         self._flat[i] = t - self._seen_t[i]
                     continue
-                delta = v - prev
-                if delta < 0:
-                    if self._wrap[i]:
-                        delta += self._wrap[i]
-                        self.wraps[i] += 1
-                    else:
-                        delta = v
-                        self.resets[i] += 1
-                        self._fault(t, wall, i, Fault(
-                            f"{self.channels[i].key}: counter went backwards without a wrap range "
-                            "(driver reload?); counting its new value as the energy since",
-                            "avoid reloading the GPU driver during a measured run",
-                        ))
+                delta, event = counter_delta(prev, v, self._wrap[i])
+                if event == "wrap":
+                    self.wraps[i] += 1
+                elif event == "reset":
+                    self.resets[i] += 1
+                    self._fault(t, wall, i, Fault(
+                        f"{self.channels[i].key}: counter went backwards without a wrap range "
+                        "(driver reload?); counting its new value as the energy since",
+                        "avoid reloading the GPU driver during a measured run",
+                    ))
                 odo[i] += delta
                 if self._learn[i]:
                     if 0.0 < self._flat[i] <= MAX_UPDATE_PERIOD_S:
                         self._flats[i].append(self._flat[i])
+                        if len(self._flats[i]) == PERIOD_MIN_CHANGES:
+                            self._maybe_aux(i)
                     self._flat[i] = 0.0
+                    if i in self._grids:
+                        self._grids[i].observe(last_t, t, self.update_period_s(i))
                 ring = self._changes[i]
                 ring.append((t, odo[i]))
                 t0, e0 = ring[0]
@@ -178,9 +251,20 @@ class Sampler:
         self.faults.append(FaultRecord(t, wall, key, fault.reason, fault.hint, fault.permanent))
         log.warning("meter: %s%s", fault.reason, f" ({fault.hint})" if fault.hint else "")
 
+    def _maybe_aux(self, i: int) -> None:
+        if self.update_period_s(i) < AUX_POWER_MIN_PERIOD_S:
+            return
+        self._grids[i] = UpdateGrid()
+        for si, sensor in enumerate(self._sensors):
+            base = self._starts[si]
+            if base <= i < base + len(sensor.channels) and hasattr(sensor, "read_power"):
+                self._aux.setdefault(si, []).append(i)
+
     def update_period_s(self, i: int) -> float:
         """Learned update period of counter channel ``i``: the longest stretch it was seen not to
         move while drawing power, over its last changes. 0.0 until seen often enough to trust."""
+        if self._declared[i] is not None:
+            return float(self._declared[i])
         flats = self._flats[i]
         return max(flats) if len(flats) >= PERIOD_MIN_CHANGES else 0.0
 
@@ -201,9 +285,53 @@ class Sampler:
                     log.exception("meter: sampler tick failed; measurement continues")
         return snap
 
+    def _probe(self) -> None:
+        deadline = time.monotonic() + PROBE_S
+        learn = [i for i, flag in enumerate(self._learn) if flag]
+        while time.monotonic() < deadline and not self._stop.is_set():
+            if all(not self._alive[i] or (len(self._flats[i]) >= PERIOD_MIN_CHANGES
+                                           and (i not in self._grids or self._grids[i].ready)) for i in learn):
+                return
+            self._read_some(self._counter_sensors)
+            self._stop.wait(PROBE_INTERVAL_S)
+
+    def _reanchor(self) -> None:
+        if not self._grids:
+            return
+        pinned = {i: len(g.points) for i, g in self._grids.items()}
+        deadline = time.monotonic() + 2 * max(g.period or 0.1 for g in self._grids.values())
+        while time.monotonic() < deadline and not self._stop.is_set():
+            self._read_some(self._counter_sensors)
+            if all(len(g.points) != pinned[i] or not self._alive[i] for i, g in self._grids.items()):
+                return
+            self._stop.wait(PROBE_INTERVAL_S)
+
     def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.tick()
+        if any(self._learn):
+            self._probe()
+        next_anchor = time.monotonic() + REANCHOR_S
+        if self.fast_interval_s is None:
+            while not self._stop.wait(self.interval_s):
+                self.tick()
+                if self._grids and time.monotonic() >= next_anchor:
+                    self._reanchor()
+                    next_anchor = time.monotonic() + REANCHOR_S
+            return
+        # Power-only channels are polled at a jittered fast rate between full ticks.
+        next_full = time.monotonic() + self.interval_s
+        while True:
+            wait = min(self.fast_interval_s * random.uniform(0.5, 1.5), max(0.0, next_full - time.monotonic()))
+            if self._stop.wait(wait):
+                return
+            now = time.monotonic()
+            if now >= next_full:
+                self.tick()
+                next_full = max(next_full + self.interval_s, now + 0.5 * self.interval_s)
+                if self._grids and now >= next_anchor:
+                    self._reanchor()
+                    next_anchor = time.monotonic() + REANCHOR_S
+            else:
+                self.read_fast()
 
     @property
     def running(self) -> bool:

@@ -103,6 +103,11 @@ class Measurement:
         return d
 
 
+#: A coarse counter's delta is used (with its edge lags added back) for spans of at least this
+#: many update periods; shorter spans take their energy from power at the edges, since one
+#: misplaced update would be a large error.
+GRID_MIN_PERIODS = 1.5
+
 _MEASUREMENT_FIELDS = tuple(f.name for f in fields(Measurement))
 
 
@@ -310,15 +315,21 @@ def measure(span: Span, sampler, run_id: str | None) -> Measurement:
     if d > 0:
         for i in counters:
             period = sampler.update_period_s(i)
+            if (d >= GRID_MIN_PERIODS * period and s.age_s is not None and e.age_s is not None
+                    and s.age_s[i] is not None and e.age_s[i] is not None):
+                # A coarse counter with a known update grid: each reading lags its read time by
+                # ``age`` seconds of power; add the lag back at both edges.
+                dj[i] += e.power_w[i] * e.age_s[i] - s.power_w[i] * s.age_s[i]
+                continue
             if period == 0.0 and dj[i] != 0:
                 continue
             edge_w = (s.power_w[i] + e.power_w[i]) * 0.5
-            if edge_w > 0 and (dj[i] == 0 or d < period):
+            if edge_w > 0 and (dj[i] == 0 or d < GRID_MIN_PERIODS * period):
                 dj[i] = edge_w * d
                 corrected.add(i)
                 warnings.append(
-                    f"{chans[i].key}: span ({d * 1e3:.1f} ms) shorter than the counter's update period "
-                    f"({period * 1e3:.0f} ms); energy from power at the span's edges ({edge_w:.1f} W)"
+                    f"{chans[i].key}: span ({d * 1e3:.1f} ms) too short for the counter, which updates every "
+                    f"{period * 1e3:.0f} ms; energy from power at the span's edges ({edge_w:.1f} W)"
                 )
             elif period > 0 and dj[i] > 0 and edge_w * period / dj[i] >= 0.01:
                 warnings.append(

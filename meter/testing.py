@@ -52,8 +52,12 @@ class FakeSensor:
         self.raise_on_read: Exception | None = None
 
     @classmethod
-    def counter(cls, key: str = "gpu:0", component: str = "gpu", wrap_j: float | None = None) -> "FakeSensor":
-        return cls([Channel(key, component, key, "energy", COUNTER, wrap_j=wrap_j)])
+    def counter(cls, key: str = "gpu:0", component: str = "gpu", wrap_j: float | None = None,
+                update_period_s: float | None = 0.0) -> "FakeSensor":
+        """One energy counter. By default it declares itself continuous (``update_period_s=0``):
+        values set by hand are exact. Pass ``None`` to let the sampler learn a period."""
+        details = {} if update_period_s is None else {"update_period_s": update_period_s}
+        return cls([Channel(key, component, key, "energy", COUNTER, wrap_j=wrap_j, details=details)])
 
     def read(self) -> tuple:
         self.reads += 1

@@ -25,6 +25,7 @@ from . import ESTIMATED, Channel, Fault
 
 DEFAULT_TDP_W = 85.0
 RAM_W_PER_GB = 0.3725
+RSS_EVERY_S = 0.1
 RAM_SOURCE = "Green Algorithms (Lannelongue et al. 2021), memoryPower 0.3725 W/GB"
 
 _NOISE = re.compile(r"\((r|tm)\)|\bcpu\b|\bprocessor\b|@.*$|\bwith\b.*$|\d+-core", re.I)
@@ -109,6 +110,9 @@ class EstimateSensor:
                  model: str | None = None):
         self._pid = pid
         self._tree = None
+        self._proc = None
+        self._rss_t = -1e9
+        self._rss_w = 0.0
         self._ncpu = os.cpu_count() or 1
         self._peak_cpu_s = 0.0
         self.model = model or cpu_model()
@@ -196,11 +200,23 @@ class EstimateSensor:
         return self._peak_cpu_s * self._j_per_cpu_s
 
     def _ram_w(self) -> float:
+        # Resident memory moves slowly; reading it (a /proc parse) at most every 0.1 s keeps span
+        # edges cheap. The sampler integrates the held value, like any power reading.
+        now = time.monotonic()
+        if now - self._rss_t < RSS_EVERY_S:
+            return self._rss_w
+        self._rss_t = now
+        self._rss_w = self._read_ram_w()
+        return self._rss_w
+
+    def _read_ram_w(self) -> float:
         import psutil
 
         try:
             if self._pid is None:
-                rss = psutil.Process().memory_info().rss
+                if self._proc is None:
+                    self._proc = psutil.Process()
+                rss = self._proc.memory_info().rss
             else:
                 root = psutil.Process(self._pid)
                 rss = root.memory_info().rss + sum(

@@ -277,7 +277,31 @@ class NvmlSensor:
             readers.append(reader)
         self.channels = tuple(channels)
         self._readers = tuple(readers)
+        self._power_readers = tuple(self._instant_reader(d) for d in devs)
         self._dead: dict[int, Fault] = {}
+
+    def _instant_reader(self, d: _Dev):
+        nv, h = self._nv, d.handle
+        try:
+            if int(nv.nvmlDeviceGetFieldValues(h, [FI_DEV_POWER_INSTANT])[0].nvmlReturn) == 0:
+                return lambda: mw_to_w(_field_value(nv.nvmlDeviceGetFieldValues(h, [FI_DEV_POWER_INSTANT])[0]))
+        except Exception:  # noqa: BLE001 - no field API: fall back to the power call
+            pass
+        return lambda: mw_to_w(nv.nvmlDeviceGetPowerUsage(h))
+
+    def read_power(self) -> tuple:
+        """Instantaneous power (W) per channel, or None where it cannot be read. Used by the
+        sampler for counters that update coarsely, to correct spans shorter than an update."""
+        out = []
+        for i, r in enumerate(self._power_readers):
+            if i in self._dead:
+                out.append(None)
+                continue
+            try:
+                out.append(float(r()))
+            except Exception:  # noqa: BLE001 - power is a refinement; energy stays exact
+                out.append(None)
+        return tuple(out)
 
     def _choose_reader(self, d: _Dev):
         nv, h = self._nv, d.handle

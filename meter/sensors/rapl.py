@@ -31,6 +31,7 @@ ASSUMED_MAX_POWER_W = 500.0
 # Two package counters this close (independent sockets differ by kJ) that also move together are
 # one counter exposed twice.
 MIRROR_TOLERANCE_J = 0.1
+RAPL_UPDATE_S = 0.001
 
 _ZONE_RE = re.compile(r"^intel-rapl(-mmio)?:(\d+)(?::(\d+))?$")
 
@@ -165,7 +166,8 @@ class RaplSensor:
                 continue
             zone_id = os.path.basename(z.path)
             wrap_j = uj_to_j(z.max_range_uj) if z.max_range_uj else None
-            details = {"zone": zone_id, "path": energy_path}
+            # RAPL counters update about every millisecond (Intel SDM); no need to learn it.
+            details = {"zone": zone_id, "path": energy_path, "update_period_s": RAPL_UPDATE_S}
             if z.max_power_w:
                 details["max_power_w"] = z.max_power_w
             channels.append(

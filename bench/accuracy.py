@@ -1,0 +1,202 @@
+"""meter's signed energy error against exact ground truth.
+
+    python bench/accuracy.py [--quick] [--out bench/results/accuracy.md]
+
+GPU: two emulated GPUs (bench/fake_nvml, loaded by the real pynvml through LD_LIBRARY_PATH)
+drawing square waves (100/300 W every 0.5 s; 50/250 W every 0.37 s, offset 0.11 s), in three
+modes: an energy counter updated continuously, one updated every 100 ms as real drivers do, and
+a pre-Volta GPU with power only (instantaneous field 186, integrated by the sampler at the
+default 0.1 s). Truth is the closed-form integral over the span's own read times.
+
+RAPL: a powercap tree on tmpfs whose package counter a writer thread advances every 1 ms
+(40/120 W square wave, period 0.3 s) with a 50 J range, so it wraps about every 0.6 s.
+Truth is the writer's unwrapped total at the span's read times.
+
+Each window (0.02, 0.1, 0.5, 2, 10 s) is repeated; the table gives mean and worst signed error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import fake_nvml  # noqa: E402
+
+DEVICES = [(100.0, 300.0, 0.5, 0.0), (50.0, 250.0, 0.37, 0.11)]
+WINDOWS = (0.02, 0.1, 0.5, 2.0, 10.0)
+MODES = {
+    "counter": dict(update_s=0.0, energy=True),
+    "counter, 100 ms updates": dict(update_s=0.1, energy=True),
+    "power only (pre-Volta)": dict(update_s=0.0, energy=False),
+}
+
+
+def reps_for(w, quick):
+    n = {0.02: 20, 0.1: 20, 0.5: 8, 2.0: 4, 10.0: 2}[w]
+    return max(1, n // 4) if quick else n
+
+
+def gpu_worker(mode: str, quick: bool) -> None:
+    """Runs inside a process whose environment points pynvml at the emulated library."""
+    import meter
+
+    m = meter.Meter(write=False, rapl_root="/nonexistent", interval_s=0.1, gpus="all")
+    with m.track("warmup"):  # the sampler learns the counter's update period
+        time.sleep(2.0)
+    for w in WINDOWS:
+        for rep in range(reps_for(w, quick)):
+            time.sleep(0.013 * rep % 0.1)  # vary the phase against the square waves and updates
+            with m.track("window") as s:
+                time.sleep(w)
+            r = s.result
+            for k, dev in enumerate(DEVICES):
+                d = next(x for x in r.devices if x.key == f"gpu:{k}")
+                truth = fake_nvml.true_energy_j(dev, s._start.t, s._end.t)
+                print(json.dumps({"mode": mode, "window": w, "device": k, "meter_j": d.energy_j, "truth_j": truth,
+                                  "provenance": d.provenance, "corrected": d.corrected}), flush=True)
+    m.close()
+
+
+class RaplWriter(threading.Thread):
+    """Advances intel-rapl:0 every 1 ms with a 40/120 W square wave, wrapping at 50 J."""
+
+    RANGE_UJ = 50_000_000
+
+    def __init__(self, tree):
+        super().__init__(daemon=True)
+        self.tree = tree
+        self.stop = threading.Event()
+        self.log = []  # (monotonic time after the write, unwrapped µJ)
+        self.lock = threading.Lock()
+
+    def power(self, t):
+        return 120.0 if (t % 0.3) < 0.15 else 40.0
+
+    def run(self):
+        total = 0.0
+        last = time.perf_counter()
+        path = os.path.join(self.tree.path("intel-rapl:0"), "energy_uj")
+        fd = os.open(path, os.O_WRONLY)
+        while not self.stop.is_set():
+            time.sleep(0.001)
+            now = time.perf_counter()
+            total += self.power(now) * (now - last) * 1e6
+            last = now
+            os.pwrite(fd, (str(int(total) % self.RANGE_UJ).ljust(20) + "\n").encode(), 0)
+            with self.lock:
+                self.log.append((time.perf_counter(), int(total)))
+        os.close(fd)
+
+    def at(self, t):
+        with self.lock:
+            log = list(self.log)
+        lo, hi = 0, len(log) - 1
+        while lo < hi:  # last write completed before t
+            mid = (lo + hi + 1) // 2
+            if log[mid][0] <= t:
+                lo = mid
+            else:
+                hi = mid - 1
+        return log[lo][1] / 1e6
+
+
+def rapl_rows(quick: bool) -> list[dict]:
+    import meter
+    from meter.testing import write_rapl_tree
+
+    base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    root = tempfile.mkdtemp(prefix="meter-rapl-", dir=base)
+    tree = write_rapl_tree(root, {"intel-rapl:0": {"name": "package-0", "energy_uj": 0,
+                                                     "max_energy_range_uj": RaplWriter.RANGE_UJ,
+                                                     "constraint_0_max_power_uw": 150_000_000}})
+    writer = RaplWriter(tree)
+    writer.start()
+    time.sleep(0.05)
+    m = meter.Meter(write=False, rapl_root=root, gpus="none", interval_s=0.1)
+    rows = []
+    for w in WINDOWS:
+        for _ in range(reps_for(w, quick)):
+            with m.track("window") as s:
+                time.sleep(w)
+            d = next(x for x in s.result.devices if x.key == "cpu:package-0")
+            truth = writer.at(s._end.t) - writer.at(s._start.t)
+            rows.append({"mode": "RAPL with wraps", "window": w, "device": 0, "meter_j": d.energy_j, "truth_j": truth,
+                         "provenance": d.provenance, "corrected": d.corrected,
+                         "wraps_possible": int(truth // (RaplWriter.RANGE_UJ / 1e6))})
+    m.close()
+    writer.stop.set()
+    writer.join()
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions (for a smoke run)")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        gpu_worker(args.worker, args.quick)
+        return 0
+    lib = fake_nvml.build(os.path.join(HERE, ".work", "lib"))
+    rows = []
+    for mode, kw in MODES.items():
+        env = {**os.environ, **fake_nvml.env(lib, DEVICES, **kw)}
+        p = subprocess.run([sys.executable, __file__, "--worker", mode] + (["--quick"] if args.quick else []),
+                           capture_output=True, text=True, env=env, check=True)
+        rows += [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
+    rows += rapl_rows(args.quick)
+    table = summarize(rows)
+    header = (f"meter accuracy, {time.strftime('%Y-%m-%d')}, Python {sys.version.split()[0]}, {os.cpu_count()} CPUs; "
+              f"signed error = (meter - truth) / truth\n\n")
+    print(header + table)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write("# bench/accuracy.py\n\n" + header + table + "\n")
+    return 0
+
+
+def summarize(rows) -> str:
+    lines = ["| mode | window (s) | n | mean error | worst error | corrected | target | within target | met |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for mode in list(MODES) + ["RAPL with wraps"]:
+        for w in WINDOWS:
+            rs = [r for r in rows if r["mode"] == mode and r["window"] == w and r["truth_j"] > 0]
+            if not rs:
+                continue
+            errs = [100.0 * (r["meter_j"] - r["truth_j"]) / r["truth_j"] for r in rs]
+            worst = max(errs, key=abs)
+            corrected = sum(r["corrected"] for r in rs)
+            limit = target_for(mode, w)
+            met = "-" if limit is None else ("yes" if abs(worst) <= limit else "NO")
+            tgt = "-" if limit is None else f"±{limit:g}%"
+            within = "-" if limit is None else f"{sum(abs(x) <= limit for x in errs)}/{len(errs)}"
+            lines.append(f"| {mode} | {w:g} | {len(rs)} | {statistics.mean(errs):+.3f}% | {worst:+.3f}% | {corrected}/{len(rs)} "
+                         f"| {tgt} | {within} | {met} |")
+    return "\n".join(lines)
+
+
+def target_for(mode: str, w: float) -> float | None:
+    if mode == "counter":
+        return 0.1 if w >= 0.1 else None
+    if mode == "counter, 100 ms updates":
+        return 5.0 if w < 0.1 else None
+    if mode == "power only (pre-Volta)":
+        return 2.0 if w >= 2.0 else None
+    if mode == "RAPL with wraps":
+        return 0.5 if w >= 0.1 else None
+    return None
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
