@@ -19,6 +19,8 @@ from . import config as config_mod
 from .clock import SystemClock, utc_iso
 from .errors import ConfigError
 from .sensors import ESTIMATED, Discovery
+from .distributed import describe as describe_rank
+from .distributed import rank_info
 from .spans import Measurement, Span, Track, _current, measure
 
 log = logging.getLogger("meter")
@@ -102,6 +104,7 @@ class Meter:
         cpu_tdp_w: float | None = None,
         pid: int | None = None,
         sync_cuda: bool = True,
+        distributed: bool = True,
         environ: dict | None = None,
         pyproject: str | None = None,
         **unknown: Any,
@@ -140,6 +143,8 @@ class Meter:
         self.run_id: str | None = None
         self.run_dir: str | None = None
         self._carbon = None
+        # In a torchrun or Slurm job: which devices this rank owns (see meter.distributed).
+        self.rank = rank_info(self._environ) if distributed else None
         if write:
             from .runlog import check_writable
 
@@ -166,9 +171,11 @@ class Meter:
             else:
                 from .sensors import discover
 
+                r = self.rank
                 self.discovery = discover(
                     gpus=self.config.gpus, rapl_root=self.config.rapl_root, nvml=self._nvml,
                     cpu_tdp_w=self._cpu_tdp_w, pid=self._pid, environ=self._environ,
+                    host_owner=r is None or r.owns_host, ranks=None if r is None else (r.local_rank, r.local_world_size),
                 )
             est = sorted({c.component for c in self.discovery.channels if c.provenance == ESTIMATED})
             if est:
@@ -213,6 +220,8 @@ class Meter:
         if self.run_name:
             safe = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in self.run_name)
             base = f"{safe}-{base}"
+        if self.rank is not None:
+            base = f"{base}-rank{self.rank.rank}"
         return base
 
     def _run_info(self) -> dict[str, Any]:
@@ -230,6 +239,7 @@ class Meter:
             "host": describe_host(self.discovery),
             "pid": os.getpid(),
             "argv": list(sys.argv),
+            "distributed": describe_rank(self.rank),
         }
 
     def close(self) -> None:
@@ -480,7 +490,7 @@ class Meter:
 
 _ARG_NAMES = (
     "carbon", "region", "pue", "interval_s", "output_dir", "gpus", "rapl_root", "run_name", "write", "sensors",
-    "nvml", "clock", "cpu_tdp_w", "pid", "sync_cuda", "environ", "pyproject",
+    "nvml", "clock", "cpu_tdp_w", "pid", "sync_cuda", "distributed", "environ", "pyproject",
 )
 
 

@@ -46,6 +46,7 @@ AUX_POWER_MIN_PERIOD_S = 0.005
 #: learn their update periods (as Zeus does): at 10 Hz a 10 Hz counter never looks flat.
 PROBE_S = 1.5
 PROBE_INTERVAL_S = 0.001
+PROBE_IDLE_S = 0.3
 #: Every REANCHOR_S the thread re-reads coarse counters every millisecond until each shows one
 #: update, re-pinning their update grids so that drift in the learned period never accumulates.
 REANCHOR_S = 30.0
@@ -286,9 +287,13 @@ class Sampler:
         return snap
 
     def _probe(self) -> None:
-        deadline = time.monotonic() + PROBE_S
+        start = time.monotonic()
+        deadline = start + PROBE_S
         learn = [i for i, flag in enumerate(self._learn) if flag]
+        first = [self._raw[i] for i in learn]
         while time.monotonic() < deadline and not self._stop.is_set():
+            if time.monotonic() - start > PROBE_IDLE_S and [self._raw[i] for i in learn] == first:
+                return  # counters that do not move (an idle fake, a stalled driver) teach nothing
             if all(not self._alive[i] or (len(self._flats[i]) >= PERIOD_MIN_CHANGES
                                            and (i not in self._grids or self._grids[i].ready)) for i in learn):
                 return

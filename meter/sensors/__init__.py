@@ -118,13 +118,16 @@ def discover(
     cpu_tdp_w: float | None = None,
     pid: int | None = None,
     environ: dict[str, str] | None = None,
+    host_owner: bool = True,
+    ranks: tuple[int, int] | None = None,
 ) -> Discovery:
     """Find every readable sensor. Never raises for hardware trouble: problems become
     :class:`Unavailable` entries. Raises :class:`~meter.errors.ConfigError` only for a bad
     ``gpus`` selection, which is the caller's input.
 
     CPU and DRAM are estimated only when RAPL gives no package counter; the estimate is always
-    labelled ``estimated``.
+    labelled ``estimated``. In a distributed job, ``host_owner=False`` (every rank but local rank
+    0) leaves whole-socket RAPL counters to the owner, and ``ranks`` (local rank, local world size) pairs ranks with GPUs.
     """
     from . import nvml as nvml_mod
     from . import rapl as rapl_mod
@@ -133,7 +136,7 @@ def discover(
     if gpus == ():
         found.unavailable.append(Unavailable("nvml", "GPU measurement disabled (gpus='none')", "", "not-needed"))
     else:
-        gpu_sensor, gpu_unavail, gpu_notes = nvml_mod.open_nvml(gpus=gpus, binding=nvml, environ=environ)
+        gpu_sensor, gpu_unavail, gpu_notes = nvml_mod.open_nvml(gpus=gpus, binding=nvml, environ=environ, ranks=ranks)
         if gpu_sensor is not None:
             found.sensors.append(gpu_sensor)
         found.unavailable.extend(gpu_unavail)
@@ -144,6 +147,14 @@ def discover(
     found.notes.extend(rapl_notes)
     have_cpu = False
     have_dram = False
+    if rapl_sensor is not None and not host_owner:
+        # The node's local rank 0 reads these whole-socket counters; they already contain this
+        # process, so it neither reads nor estimates what they cover.
+        have_cpu = any(c.component == "cpu" for c in rapl_sensor.channels)
+        have_dram = any(c.component == "dram" for c in rapl_sensor.channels)
+        rapl_sensor.close()
+        rapl_sensor = None
+        found.notes.append("RAPL counters are read by local rank 0 of this node (they cover the whole socket)")
     if rapl_sensor is not None:
         found.sensors.append(rapl_sensor)
         have_cpu = any(c.component == "cpu" for c in rapl_sensor.channels)

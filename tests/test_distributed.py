@@ -1,0 +1,97 @@
+"""Distributed jobs: who owns which sensor, and one job record from real torchrun processes."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import meter
+from meter.distributed import combine, rank_info
+from meter.sensors import discover
+from meter.sensors.nvml import open_nvml
+from meter.testing import FakeGPU, write_rapl_tree
+
+
+def test_rank_info_from_torchrun_and_slurm():
+    r = rank_info({"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2", "TORCHELASTIC_RUN_ID": "abc"})
+    assert (r.rank, r.local_rank, r.world_size, r.local_world_size, r.job_id, r.owns_host) == (3, 1, 4, 2, "abc", False)
+    s = rank_info({"SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NTASKS": "8", "SLURM_NTASKS_PER_NODE": "4(x2)", "SLURM_JOB_ID": "77"})
+    assert (s.rank, s.local_world_size, s.job_id, s.launcher, s.owns_host) == (0, 4, "77", "slurm", True)
+    assert rank_info({"RANK": "0", "WORLD_SIZE": "1"}) is None and rank_info({}) is None
+
+
+def test_host_counters_belong_to_local_rank_zero(tmp_path):
+    write_rapl_tree(str(tmp_path), {"intel-rapl:0": {"name": "package-0"}, "intel-rapl:0:0": {"name": "dram"}})
+    owner = discover(gpus=(), rapl_root=str(tmp_path), host_owner=True)
+    other = discover(gpus=(), rapl_root=str(tmp_path), host_owner=False)
+    assert [c.key for c in owner.channels] == ["cpu:package-0", "dram:package-0"]
+    assert other.channels == []  # neither read nor estimated: the owner's counters contain it
+    assert any("local rank 0" in n for n in other.notes)
+    # without RAPL every rank estimates its own process, which sums correctly
+    assert [c.key for c in discover(gpus=(), rapl_root=str(tmp_path / "none"), host_owner=False).channels] == ["cpu:estimate", "dram:estimate"]
+
+
+def test_ranks_pair_with_visible_gpus(make_nvml):
+    nv = make_nvml(FakeGPU(uuid="GPU-aaaa"), FakeGPU(uuid="GPU-bbbb"))
+    s, _, _ = open_nvml(binding=nv, environ={}, ranks=(1, 2))
+    assert [c.details["uuid"] for c in s.channels] == ["GPU-bbbb"]
+    s, _, notes = open_nvml(binding=nv, environ={}, ranks=(0, 4))  # 2 GPUs for 4 ranks
+    assert len(s.channels) == 2 and any("local rank 0 measures them all" in n for n in notes)
+    s, unavailable, _ = open_nvml(binding=nv, environ={}, ranks=(3, 4))
+    assert s is None and unavailable[0].kind == "not-needed"
+
+
+def test_combine_adds_energy_and_takes_longest_duration():
+    per_rank = [{"stages": {"train": {"energy_j": 10.0, "duration_s": 2.0, "spans": 1, "samples": 8}}},
+                {"stages": {"train": {"energy_j": 12.5, "duration_s": 2.5, "spans": 1, "samples": 8}}}]
+    assert combine(per_rank) == {"train": {"ranks": 2, "duration_s": 2.5, "energy_j": 22.5, "samples": 16}}
+
+
+SCRIPT = textwrap.dedent("""
+    import os, sys, time
+    import torch, torch.distributed as dist
+    import meter
+    from meter.distributed import write_job_record
+    dist.init_process_group("gloo")
+    out, rapl = sys.argv[1], sys.argv[2]
+    m = meter.Meter(output_dir=out, rapl_root=rapl, region="FR", gpus="none")
+    with m.track("train", samples=16):
+        t = time.process_time()
+        while time.process_time() - t < 0.3:
+            torch.randn(64, 64) @ torch.randn(64, 64)
+        dist.barrier()
+    path = write_job_record(m)
+    if dist.get_rank() == 0:
+        print("JOB", path)
+    m.close()
+    dist.destroy_process_group()
+""")
+
+
+def test_torchrun_gloo_job_record(tmp_path):
+    pytest.importorskip("torch")
+    write_rapl_tree(str(tmp_path / "pc"), {"intel-rapl:0": {"name": "package-0"}})  # no dram zone
+    script = tmp_path / "job.py"
+    script.write_text(SCRIPT)
+    out = tmp_path / "runs"
+    env = {**os.environ, "METER_JOB_ID": "test-job", "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        str(script), str(out), str(tmp_path / "pc")], capture_output=True, text=True, env=env, timeout=240)
+    assert p.returncode == 0, p.stderr[-3000:]
+    runs = sorted(d for d in os.listdir(out) if os.path.isdir(out / d))
+    assert [r[-5:] for r in runs] == ["rank0", "rank1"]
+    infos = [json.load(open(out / r / "run.json")) for r in runs]
+    assert [i["distributed"]["rank"] for i in infos] == [0, 1]
+    keys = [[c["key"] for c in i["channels"]] for i in infos]
+    assert keys[0] == ["cpu:package-0", "dram:estimate"]  # the node's host counter, read once
+    assert keys[1] == ["dram:estimate"]  # rank 1 measures only what is its own
+    job = json.load(open(out / "job-test-job.json"))
+    assert job["world_size"] == 2 and job["job_id"] == "test-job"
+    train = job["stages"]["train"]
+    df = meter.load(out)
+    assert train["ranks"] == 2 and train["samples"] == 32
+    assert train["energy_j"] == pytest.approx(df[df["name"] == "train"]["energy_j"].sum())
+    assert train["duration_s"] == pytest.approx(df[df["name"] == "train"]["duration_s"].max())
