@@ -17,10 +17,10 @@ from typing import Any
 
 from . import config as config_mod
 from .clock import SystemClock, utc_iso
-from .errors import ConfigError
-from .sensors import ESTIMATED, Discovery
 from .distributed import describe as describe_rank
 from .distributed import rank_info
+from .errors import ConfigError
+from .sensors import ESTIMATED, Discovery
 from .spans import Measurement, Span, Track, _current, measure
 
 log = logging.getLogger("meter")

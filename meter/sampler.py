@@ -64,6 +64,9 @@ class Snapshot:
     # Per channel: seconds the counter's reading lags ``t`` (coarse counters with a learned
     # update grid), else None. None for the whole tuple when no channel has a grid.
     age_s: tuple | None = None
+    # Per channel: joules integrated from instantaneous power polled between the counter's coarse
+    # updates (for spans too short for the counter), else None.
+    pint_j: tuple | None = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,9 @@ class Sampler:
         self._seen_t = [0.0] * n  # when the current counter value was first seen
         self._flat = [0.0] * n  # how long the current counter value has been seen unchanged
         self._last_t = [0.0] * n  # when each counter was last read
+        self._pint = [0.0] * n  # power odometer of coarse counters (see _read_aux)
+        self._pint_t: list = [None] * n
+        self._pint_p: list = [None] * n
         self._grids: dict[int, UpdateGrid] = {}  # coarse counters' update grids
         self._flats = [deque(maxlen=PERIOD_WINDOW) for _ in range(n)]
         self._alive = [True] * n
@@ -148,12 +154,13 @@ class Sampler:
             for s in self._sensors:
                 values.extend(self._read(s))
             self._update(t, wall, values, 0)
-            age = None
+            age = pint = None
             if self._aux:
-                self._read_aux()
+                self._read_aux(t)
                 grids = self._grids
                 age = tuple(grids[i].age(t) if i in grids and grids[i].ready else None for i in range(len(self._odo)))
-            return Snapshot(t, wall, tuple(self._odo), tuple(self._power), len(self.faults), age)
+                pint = tuple(self._pint)
+            return Snapshot(t, wall, tuple(self._odo), tuple(self._power), len(self.faults), age, pint)
 
     def _read(self, sensor) -> tuple:
         try:
@@ -161,8 +168,9 @@ class Sampler:
         except Exception as exc:  # noqa: BLE001 - a broken sensor must not break training
             return (Fault(f"{sensor.name} sensor raised {type(exc).__name__}: {exc}"),) * len(sensor.channels)
 
-    def _read_aux(self) -> None:
-        """Instantaneous power of coarse counters, replacing the rate derived from the counter."""
+    def _read_aux(self, t: float) -> None:
+        """Instantaneous power of coarse counters: it replaces the rate derived from the counter,
+        and is integrated (trapezoid) into a power odometer for spans too short for the counter."""
         for si, idx in self._aux.items():
             try:
                 p = self._sensors[si].read_power()
@@ -173,10 +181,16 @@ class Sampler:
                 v = p[i - base]
                 if isinstance(v, float) and self._alive[i]:
                     self._power[i] = v
+                    if self._pint_t[i] is not None:
+                        self._pint[i] += (self._pint_p[i] + v) * 0.5 * (t - self._pint_t[i])
+                    self._pint_t[i], self._pint_p[i] = t, v
 
     def read_fast(self) -> None:
-        """Read only the sensors with power-only channels (between full ticks)."""
+        """Between full ticks: sensors with power-only channels, and coarse counters' power."""
         self._read_some(self._fast)
+        if self._aux:
+            with self._lock:
+                self._read_aux(self.clock.monotonic())
 
     def _read_some(self, sensors) -> None:
         with self._lock:
@@ -314,18 +328,18 @@ class Sampler:
     def _run(self) -> None:
         if any(self._learn):
             self._probe()
-        next_anchor = time.monotonic() + REANCHOR_S
-        if self.fast_interval_s is None:
-            while not self._stop.wait(self.interval_s):
-                self.tick()
-                if self._grids and time.monotonic() >= next_anchor:
-                    self._reanchor()
-                    next_anchor = time.monotonic() + REANCHOR_S
-            return
-        # Power-only channels are polled at a jittered fast rate between full ticks.
+        # Grids are re-pinned after 2 s, then 4, 8, ... up to every REANCHOR_S, as the baseline
+        # behind their period estimate grows.
+        anchor_every = 2.0
+        next_anchor = time.monotonic() + anchor_every
         next_full = time.monotonic() + self.interval_s
         while True:
-            wait = min(self.fast_interval_s * random.uniform(0.5, 1.5), max(0.0, next_full - time.monotonic()))
+            # Power-only channels and coarse counters' power are polled at a jittered fast rate
+            # between full ticks; without them the thread just ticks.
+            fast = self.fast_interval_s if self.fast_interval_s is not None else (
+                min(self.interval_s, FAST_POWER_INTERVAL_S) if self._aux else None)
+            remaining = max(0.0, next_full - time.monotonic())
+            wait = remaining if fast is None else min(fast * random.uniform(0.5, 1.5), remaining)
             if self._stop.wait(wait):
                 return
             now = time.monotonic()
@@ -334,7 +348,8 @@ class Sampler:
                 next_full = max(next_full + self.interval_s, now + 0.5 * self.interval_s)
                 if self._grids and now >= next_anchor:
                     self._reanchor()
-                    next_anchor = time.monotonic() + REANCHOR_S
+                    anchor_every = min(2 * anchor_every, REANCHOR_S)
+                    next_anchor = time.monotonic() + anchor_every
             else:
                 self.read_fast()
 

@@ -323,6 +323,16 @@ def measure(span: Span, sampler, run_id: str | None) -> Measurement:
                 continue
             if period == 0.0 and dj[i] != 0:
                 continue
+            if (d < GRID_MIN_PERIODS * period and s.pint_j is not None and e.pint_j is not None
+                    and e.pint_j[i] > s.pint_j[i]):
+                # Too short for the counter: integrate the instantaneous power polled meanwhile.
+                dj[i] = e.pint_j[i] - s.pint_j[i]
+                corrected.add(i)
+                warnings.append(
+                    f"{chans[i].key}: span ({d * 1e3:.1f} ms) too short for the counter, which updates every "
+                    f"{period * 1e3:.0f} ms; energy integrated from instantaneous power"
+                )
+                continue
             edge_w = (s.power_w[i] + e.power_w[i]) * 0.5
             if edge_w > 0 and (dj[i] == 0 or d < GRID_MIN_PERIODS * period):
                 dj[i] = edge_w * d

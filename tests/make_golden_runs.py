@@ -1,9 +1,11 @@
-"""Regenerate tests/data/runs/: two small, fully deterministic run logs (fake clock, fake GPUs,
-a RAPL tree on disk) whose host details are replaced by fixed values. The golden card files in
-tests/data/golden/ are rendered from them; rerun with --golden to refresh those after a
-deliberate format change, and review the diff.
+"""The committed fixtures behind the golden card tests.
 
-    python tests/make_golden_runs.py [--golden]
+    python tests/make_golden_runs.py --golden   # re-render tests/data/golden/ from the committed runs
+    python tests/make_golden_runs.py --runs     # regenerate tests/data/runs/ (then review the diff)
+
+--runs writes two small run logs (fake clock, fake GPUs, a RAPL tree on disk) whose host details
+are replaced by fixed values. --golden renders the cards from them; use it after a deliberate
+format change and review the diff.
 """
 
 import json
@@ -75,10 +77,11 @@ def one_run(name, run_id, epochs, cache, seconds_per_epoch):
 
 
 def main():
-    shutil.rmtree(RUNS, ignore_errors=True)
-    os.makedirs(RUNS)
-    one_run("bert-recycled", "run-recycled", epochs=2, cache=True, seconds_per_epoch=30)
-    one_run("bert-baseline", "run-baseline", epochs=2, cache=False, seconds_per_epoch=60)
+    if "--runs" in sys.argv:
+        shutil.rmtree(RUNS, ignore_errors=True)
+        os.makedirs(RUNS)
+        one_run("bert-recycled", "run-recycled", epochs=2, cache=True, seconds_per_epoch=30)
+        one_run("bert-baseline", "run-baseline", epochs=2, cache=False, seconds_per_epoch=60)
     if "--golden" in sys.argv:
         from test_cards import render_all
 

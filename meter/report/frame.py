@@ -62,6 +62,7 @@ def load(paths, *, live: bool = True, session: Any = None):
     """DataFrame, one row per span of every run under ``paths``, with carbon columns:
     ``pue``, ``facility_energy_j`` (IT energy x PUE), ``emissions_g`` (gCO2eq),
     ``intensity_g_per_kwh``, ``intensity_zone``, ``intensity_source``, ``intensity_year``,
+    ``intensity_kind`` (average or marginal), ``intensity_factor`` (lifecycle, direct, ...),
     ``intensity_method`` (offline, live, fallback, region-unknown) and ``intensity_note``.
     ``df.attrs["problems"]`` lists corrupt records skipped; ``df.attrs["runs"]`` the run infos."""
     import pandas as pd
@@ -90,6 +91,8 @@ def load(paths, *, live: bool = True, session: Any = None):
                 row["intensity_name"] = inten.name
                 row["intensity_source"] = inten.source
                 row["intensity_year"] = inten.year
+                row["intensity_kind"] = inten.kind
+                row["intensity_factor"] = inten.factor
                 row["intensity_method"] = inten.method
                 row["intensity_note"] = inten.note
             rows.append(row)

@@ -123,7 +123,7 @@ def _run(info: dict, rows: list[dict]) -> dict[str, Any]:
         kind_of(r)
     stages = [_stage(r, by_parent, kinds) for r in rows]
     host = info.get("host") or {}
-    inten = {k: rows[0].get(f"intensity_{k}") for k in ("g_per_kwh", "zone", "name", "source", "year", "method", "note")} if rows else {}
+    inten = {k: rows[0].get(f"intensity_{k}") for k in ("g_per_kwh", "zone", "name", "source", "year", "kind", "factor", "method", "note")} if rows else {}
     top = [s for s in stages if s["depth"] == 0]
     total_e = sum(s["energy_j"] or 0.0 for s in top)
     start = info.get("started_utc")

@@ -44,7 +44,8 @@ def intensity_text(run: dict) -> str:
         return "unknown"
     year = f", {i['year']}" if i.get("year") else ""
     note = f"; {i['note']}" if i.get("note") else ""
-    return f"{fmt(i['g_per_kwh'])} gCO2eq/kWh ({i.get('zone')}, {i.get('method')}{year}; {i.get('source')}{note})"
+    return (f"{fmt(i['g_per_kwh'])} gCO2eq/kWh ({i.get('zone')}, {i.get('kind')}, {i.get('factor')}, "
+            f"{i.get('method')}{year}; {i.get('source')}{note})")
 
 
 def location_text(run: dict) -> str:
