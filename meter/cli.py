@@ -129,19 +129,8 @@ def _cmd_doctor(args) -> int:
     finally:
         m.close()
     print("\nSensors")
-    counters = 0
-    for c in rep["channels"]:
-        counters += c["provenance"] == "counter"
-        print(f"  ok      {c['key']:<20} {c['provenance']:<17} {c['label']}  [{c['scope']}]")
-        for k in ("tdp_source", "source", "mig", "power_source"):
-            if c.get("details", {}).get(k):
-                print(f"          {k.replace('_', ' ')}: {c['details'][k]}")
-    for u in rep["unavailable"]:
-        print(f"  absent  {u['sensor']:<20} {u['reason']}")
-        if u["hint"]:
-            print(f"          fix: {u['hint']}")
-    for n in rep["notes"]:
-        print(f"  note    {n}")
+    _print_sensors(rep, details=True)
+    counters = sum(c["provenance"] == "counter" for c in rep["channels"])
     print("\nCarbon")
     inten = m.intensity()
     src = m.config.sources.get("region", "default")
@@ -270,15 +259,22 @@ def _cmd_sensors(args) -> int:
     finally:
         m.close()
     print(f"meter {__version__}: sensors on this machine")
-    for c in rep["channels"]:
-        print(f"  found  {c['key']:<22} {c['provenance']:<17} {c['label']} [{c['scope']}]")
-    for u in rep["unavailable"]:
-        print(f"  absent {u['sensor']:<22} {u['reason']}")
-        if u["hint"]:
-            print(f"         fix: {u['hint']}")
-    for n in rep["notes"]:
-        print(f"  note   {n}")
+    _print_sensors(rep, details=False)
     return 0
+
+
+def _print_sensors(rep: dict, *, details: bool) -> None:
+    for c in rep["channels"]:
+        print(f"  found   {c['key']:<20} {c['provenance']:<17} {c['label']}  [{c['scope']}]")
+        for k in ("tdp_source", "source", "mig", "power_source") if details else ():
+            if c.get("details", {}).get(k):
+                print(f"          {k.replace('_', ' ')}: {c['details'][k]}")
+    for u in rep["unavailable"]:
+        print(f"  absent  {u['sensor']:<20} {u['reason']}")
+        if u["hint"]:
+            print(f"          fix: {u['hint']}")
+    for n in rep["notes"]:
+        print(f"  note    {n}")
 
 
 def main(argv=None) -> int:

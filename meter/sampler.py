@@ -127,6 +127,7 @@ class Sampler:
         self._seen_t = [0.0] * n  # when the current counter value was first seen
         self._flat = [0.0] * n  # how long the current counter value has been seen unchanged
         self._last_t = [0.0] * n  # when each counter was last read
+        self._before_t = [0.0] * n  # the last read that still showed the previous counter value
         self._pint = [0.0] * n  # power odometer of coarse counters (see _read_aux)
         self._pint_t: list = [None] * n
         self._pint_p: list = [None] * n
@@ -157,8 +158,7 @@ class Sampler:
             age = pint = None
             if self._aux:
                 self._read_aux(t)
-                grids = self._grids
-                age = tuple(grids[i].age(t) if i in grids and grids[i].ready else None for i in range(len(self._odo)))
+                age = tuple(self._age(i, t) for i in range(len(self._odo)))
                 pint = tuple(self._pint)
             return Snapshot(t, wall, tuple(self._odo), tuple(self._power), len(self.faults), age, pint)
 
@@ -167,6 +167,21 @@ class Sampler:
             return sensor.read()
         except Exception as exc:  # noqa: BLE001 - a broken sensor must not break training
             return (Fault(f"{sensor.name} sensor raised {type(exc).__name__}: {exc}"),) * len(sensor.channels)
+
+    def _age(self, i: int, t: float) -> float | None:
+        """How long counter ``i``'s reading lags ``t``: from its update grid, kept consistent with
+        what the reads saw (the value last changed between ``_before_t`` and ``_seen_t``), so a
+        small phase error near an update never shifts a span by a whole update."""
+        g = self._grids.get(i)
+        if g is None or not g.ready:
+            return None
+        age = g.age(t)
+        lo, hi = t - self._seen_t[i], t - self._before_t[i]
+        while age < lo:
+            age += g.period
+        while age > hi and age - g.period >= 0.0:
+            age -= g.period
+        return age
 
     def _read_aux(self, t: float) -> None:
         """Instantaneous power of coarse counters: it replaces the rate derived from the counter,
@@ -241,6 +256,7 @@ class Sampler:
                     self._flat[i] = 0.0
                     if i in self._grids:
                         self._grids[i].observe(last_t, t, self.update_period_s(i))
+                    self._before_t[i] = last_t
                 ring = self._changes[i]
                 ring.append((t, odo[i]))
                 t0, e0 = ring[0]
