@@ -47,6 +47,8 @@ AUX_POWER_MIN_PERIOD_S = 0.005
 PROBE_S = 1.5
 PROBE_INTERVAL_S = 0.001
 PROBE_IDLE_S = 0.3
+#: Polled-power samples kept per coarse counter: at ~20 ms, about two update periods of history.
+PINT_HISTORY = 16
 #: Every REANCHOR_S the thread re-reads coarse counters every millisecond until each shows one
 #: update, re-pinning their update grids so that drift in the learned period never accumulates.
 REANCHOR_S = 30.0
@@ -61,9 +63,9 @@ class Snapshot:
     energy_j: tuple
     power_w: tuple
     n_faults: int
-    # Per channel: seconds the counter's reading lags ``t`` (coarse counters with a learned
-    # update grid), else None. None for the whole tuple when no channel has a grid.
-    age_s: tuple | None = None
+    # Per channel: joules the counter's reading lags ``t`` by (the energy since its last update,
+    # for coarse counters with a learned update grid), else None. None when no channel has one.
+    lag_j: tuple | None = None
     # Per channel: joules integrated from instantaneous power polled between the counter's coarse
     # updates (for spans too short for the counter), else None.
     pint_j: tuple | None = None
@@ -131,6 +133,7 @@ class Sampler:
         self._pint = [0.0] * n  # power odometer of coarse counters (see _read_aux)
         self._pint_t: list = [None] * n
         self._pint_p: list = [None] * n
+        self._pint_hist = [deque(maxlen=PINT_HISTORY) for _ in range(n)]
         self._grids: dict[int, UpdateGrid] = {}  # coarse counters' update grids
         self._flats = [deque(maxlen=PERIOD_WINDOW) for _ in range(n)]
         self._alive = [True] * n
@@ -155,12 +158,12 @@ class Sampler:
             for s in self._sensors:
                 values.extend(self._read(s))
             self._update(t, wall, values, 0)
-            age = pint = None
+            lag = pint = None
             if self._aux:
                 self._read_aux(t)
-                age = tuple(self._age(i, t) for i in range(len(self._odo)))
+                lag = tuple(self._lag(i, t) for i in range(len(self._odo)))
                 pint = tuple(self._pint)
-            return Snapshot(t, wall, tuple(self._odo), tuple(self._power), len(self.faults), age, pint)
+            return Snapshot(t, wall, tuple(self._odo), tuple(self._power), len(self.faults), lag, pint)
 
     def _read(self, sensor) -> tuple:
         try:
@@ -183,6 +186,22 @@ class Sampler:
             age -= g.period
         return age
 
+    def _lag(self, i: int, t: float) -> float | None:
+        """Energy since counter ``i``'s last update: the polled power integrated from the update
+        to ``t`` where the history reaches back that far, else power x time since the update."""
+        age = self._age(i, t)
+        if age is None:
+            return None
+        u = t - age
+        pts = self._pint_hist[i]
+        if len(pts) >= 2 and pts[0][0] <= u:
+            for k in range(len(pts) - 1, 0, -1):  # newest interval first; the last point is ``t``
+                (t0, e0), (t1, e1) = pts[k - 1], pts[k]
+                if t0 <= u:
+                    frac = (u - t0) / (t1 - t0) if t1 > t0 else 0.0
+                    return self._pint[i] - (e0 + (e1 - e0) * frac)
+        return self._power[i] * age
+
     def _read_aux(self, t: float) -> None:
         """Instantaneous power of coarse counters: it replaces the rate derived from the counter,
         and is integrated (trapezoid) into a power odometer for spans too short for the counter."""
@@ -199,6 +218,7 @@ class Sampler:
                     if self._pint_t[i] is not None:
                         self._pint[i] += (self._pint_p[i] + v) * 0.5 * (t - self._pint_t[i])
                     self._pint_t[i], self._pint_p[i] = t, v
+                    self._pint_hist[i].append((t, self._pint[i]))
 
     def read_fast(self) -> None:
         """Between full ticks: sensors with power-only channels, and coarse counters' power."""

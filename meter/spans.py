@@ -315,11 +315,11 @@ def measure(span: Span, sampler, run_id: str | None) -> Measurement:
     if d > 0:
         for i in counters:
             period = sampler.update_period_s(i)
-            if (d >= GRID_MIN_PERIODS * period and s.age_s is not None and e.age_s is not None
-                    and s.age_s[i] is not None and e.age_s[i] is not None):
-                # A coarse counter with a known update grid: each reading lags its read time by
-                # ``age`` seconds of power; add the lag back at both edges.
-                dj[i] += e.power_w[i] * e.age_s[i] - s.power_w[i] * s.age_s[i]
+            if (d >= GRID_MIN_PERIODS * period and s.lag_j is not None and e.lag_j is not None
+                    and s.lag_j[i] is not None and e.lag_j[i] is not None):
+                # A coarse counter with a known update grid: each reading lags its read time by the
+                # energy since the counter's last update; add that back at both edges.
+                dj[i] += e.lag_j[i] - s.lag_j[i]
                 continue
             if period == 0.0 and dj[i] != 0:
                 continue
