@@ -115,7 +115,7 @@ class MeterCallback(TrainerCallback):
         return span
 
     def _close(self, span) -> None:
-        if span is None:
+        if span is None or span.closed:  # already closed with an enclosing stage
             return
         # Close anything opened inside it first, innermost first (the ContextVar needs LIFO).
         while self._stack:
