@@ -319,9 +319,6 @@ class Sampler:
         flats = self._flats[i]
         return max(flats) if len(flats) >= PERIOD_MIN_CHANGES else 0.0
 
-    def alive(self, i: int) -> bool:
-        return self._alive[i]
-
     # -- the thread ----------------------------------------------------------------------------
     def tick(self) -> Snapshot:
         """One background step: read, extend the timeline, hand the snapshot to ``on_tick``."""

@@ -115,7 +115,6 @@ class FakeNVML:
         self.initialised = 0
         self._energy_j = [g.start_energy_mj / 1000.0 for g in self.gpus]
         self._t = self.clock.monotonic()
-        self.calls: dict[str, int] = {}
 
     # time ----------------------------------------------------------------------------------
     def advance(self, seconds: float, dt: float = 0.001) -> None:

@@ -7,7 +7,6 @@ UJ_PER_J = 1e6
 MJ_PER_J = 1e3  # millijoules per joule
 MW_PER_W = 1e3  # milliwatts per watt
 BYTES_PER_GB = 1e9
-G_PER_KG = 1e3
 # 1 lb/MWh in g/kWh: 453.59237 g per lb / 1000 kWh per MWh.
 G_PER_KWH_PER_LB_PER_MWH = 0.45359237
 

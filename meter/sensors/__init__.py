@@ -105,9 +105,6 @@ class Discovery:
     def channels(self) -> list[Channel]:
         return [c for s in self.sensors for c in s.channels]
 
-    def has_counter(self) -> bool:
-        return any(c.provenance == COUNTER for c in self.channels)
-
 
 def discover(
     *,

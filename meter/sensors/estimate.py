@@ -109,7 +109,6 @@ class EstimateSensor:
     def __init__(self, *, cpu: bool = True, ram: bool = True, cpu_tdp_w: float | None = None, pid: int | None = None,
                  model: str | None = None):
         self._pid = pid
-        self._tree = None
         self._proc = None
         self._rss_t = -1e9
         self._rss_w = 0.0
@@ -175,8 +174,6 @@ class EstimateSensor:
             return time.process_time() + t.children_user + t.children_system
         import psutil
 
-        if self._tree is None:
-            self._tree = {}
         total = 0.0
         try:
             root = psutil.Process(self._pid)
