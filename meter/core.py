@@ -313,13 +313,14 @@ class Meter:
 
     # -- spans ---------------------------------------------------------------------------------
     def track(self, name: str, *, samples: float | None = None, tokens: float | None = None,
-              flops: float | None = None, tags: dict | None = None, **unknown: Any) -> Track:
+              flops: float | None = None, output_tokens: float | None = None, tags: dict | None = None,
+              **unknown: Any) -> Track:
         """A stage to measure: ``with m.track("train"):`` or ``@m.track("eval")``.
 
         ``samples``, ``tokens`` and ``flops`` may be given up front or added with ``span.add``;
         ``tags`` are free-form labels (model, seq_len, batch size) carried into the record.
         """
-        return Track(self, name, {"samples": samples, "tokens": tokens, "flops": flops, **unknown}, dict(tags or {}))
+        return Track(self, name, {"samples": samples, "tokens": tokens, "output_tokens": output_tokens, "flops": flops, **unknown}, dict(tags or {}))
 
     def _open(self, name: str, counts: dict, tags: dict) -> Span:
         parent = _current.get()
@@ -507,8 +508,9 @@ def _sync_cuda() -> None:
 
 
 def track(name: str, *, samples: float | None = None, tokens: float | None = None,
-          flops: float | None = None, tags: dict | None = None, **unknown: Any) -> Track:
+          flops: float | None = None, output_tokens: float | None = None, tags: dict | None = None,
+          **unknown: Any) -> Track:
     """Measure a stage with the default Meter: ``with meter.track("finetune"):`` or as a decorator.
     The default Meter is created on first use, configured from ``METER_*`` and pyproject.toml."""
-    return Track(None, name, {"samples": samples, "tokens": tokens, "flops": flops, **unknown}, dict(tags or {}))
+    return Track(None, name, {"samples": samples, "tokens": tokens, "output_tokens": output_tokens, "flops": flops, **unknown}, dict(tags or {}))
 

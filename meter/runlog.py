@@ -289,18 +289,21 @@ def find_runs(paths) -> list[str]:
 SPAN_COLUMNS = [
     "run_id", "span_id", "parent_id", "name", "path", "depth", "status", "start_utc", "end_utc",
     "duration_s", "energy_j", "measured_energy_j", "estimated_energy_j", "avg_power_w",
-    "peak_power_w", "samples", "tokens", "flops",
+    "peak_power_w", "samples", "tokens", "output_tokens", "flops",
 ]
+
+
+COUNT_COLUMNS = ("samples", "tokens", "output_tokens", "flops")
 
 
 def span_rows(run: Run) -> list[dict]:
     rows = []
     for s in run.spans:
-        row = {k: s.get(k) for k in SPAN_COLUMNS if k not in ("samples", "tokens", "flops")}
+        row = {k: s.get(k) for k in SPAN_COLUMNS if k not in COUNT_COLUMNS}
         row["run_id"] = s.get("run_id") or run.run_id
         row["status"] = s.get("status", "complete")
         counts = s.get("counts") or {}
-        for k in ("samples", "tokens", "flops"):
+        for k in COUNT_COLUMNS:
             row[k] = counts.get(k)
         for comp, ce in (s.get("energy_by_component") or {}).items():
             row[f"{comp}_energy_j"] = ce.get("energy_j")

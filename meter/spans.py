@@ -20,7 +20,7 @@ from .errors import ConfigError
 from .sensors import COMPONENTS, COUNTER, ESTIMATED
 
 SCHEMA_VERSION = 1
-COUNT_NAMES = ("samples", "tokens", "flops")
+COUNT_NAMES = ("samples", "tokens", "output_tokens", "flops")
 
 _current: ContextVar["Span | None"] = ContextVar("meter_current_span", default=None)
 _ids = itertools.count(1)
@@ -153,9 +153,11 @@ class Span:
         self._lock = threading.Lock()
         self.inert = inert
 
-    def add(self, samples: float | None = None, tokens: float | None = None, flops: float | None = None) -> None:
-        """Add to this span's counts (each may be omitted). Thread-safe."""
-        new = _check_counts({"samples": samples, "tokens": tokens, "flops": flops})
+    def add(self, samples: float | None = None, tokens: float | None = None, flops: float | None = None,
+            output_tokens: float | None = None) -> None:
+        """Add to this span's counts (each may be omitted). Thread-safe. ``tokens`` are input
+        tokens (non-padding), ``output_tokens`` generated tokens."""
+        new = _check_counts({"samples": samples, "tokens": tokens, "output_tokens": output_tokens, "flops": flops})
         with self._lock:
             for k, v in new.items():
                 self.counts[k] = self.counts.get(k, 0) + v
