@@ -51,7 +51,7 @@ def span_cost(m, n=50000):
             pass
         t1 = clock()
         per.append(t1 - t0)
-    m.sampler.tick()  # make the sampler finish the records of these spans inside the window
+    m.flush()  # make the sampler finish the records of these spans inside the window
     total = (clock() - t_start) / n
     b = statistics.median(base)
     return (statistics.median(per) - b) / 1000, (total - b) / 1000, b / 1000
@@ -68,7 +68,7 @@ def sampler_cpu(m_factory, seconds):
         c0, w0 = cpu(), time.perf_counter()
         time.sleep(seconds)
         busy = (cpu() - c0) / (time.perf_counter() - w0)
-    ticks = len(m.sampler.timeline)
+    ticks = m._session.sampler.ticks
     m.close()
     return 100.0 * max(busy - idle, 0.0), ticks
 
@@ -101,7 +101,7 @@ def main(argv=None):
 
     m = factory()
     m.start()
-    channels = [c.key for c in m.sampler.channels]
+    channels = [c.key for c in m._session.odometer.channels]
     span_us, mean_us, null_us = span_cost(m)
     m.close()
     core_pct, ticks = sampler_cpu(factory, args.seconds)

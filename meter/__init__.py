@@ -10,8 +10,9 @@ Public names only; heavy modules (pandas, pynvml, requests, codecarbon, torch) l
 
 from ._version import __version__
 from .core import Meter, default_meter, track
-from .errors import CarbonError, ConfigError, MeterError, PermissionDenied, RunLogError, SensorError
-from .spans import ComponentEnergy, DeviceEnergy, Measurement, Span, current_span
+from .errors import CarbonError, ConfigError, MeterError, RunLogError, SensorError, SpanStateError
+from .measurement import SCHEMA_VERSION, ComponentEnergy, DeviceEnergy, Measurement
+from .spans import Span, Track, current_span
 
 
 def load(paths, *, live: bool = True):
@@ -24,7 +25,7 @@ def load(paths, *, live: bool = True):
 
 
 __all__ = [
-    "__version__", "Meter", "track", "load", "default_meter", "current_span", "Span", "Measurement",
-    "ComponentEnergy", "DeviceEnergy", "MeterError", "ConfigError", "SensorError", "PermissionDenied",
-    "CarbonError", "RunLogError",
+    "__version__", "Meter", "track", "load", "default_meter", "current_span", "Span", "Track", "Measurement",
+    "ComponentEnergy", "DeviceEnergy", "SCHEMA_VERSION", "MeterError", "ConfigError", "SensorError",
+    "CarbonError", "RunLogError", "SpanStateError",
 ]

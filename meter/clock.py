@@ -12,9 +12,6 @@ class SystemClock:
     monotonic = staticmethod(time.perf_counter)
     wall = staticmethod(time.time)
 
-    def sleep(self, seconds: float) -> None:
-        time.sleep(seconds)
-
 
 def utc_iso(epoch_s: float) -> str:
     """UTC ISO-8601 with milliseconds and a ``Z`` suffix, e.g. ``2026-11-21T23:30:00.000Z``."""

@@ -1,6 +1,5 @@
-"""Counter arithmetic: wrap correction, and learning when a coarse counter publishes updates.
-
-Both are pure and tested on their own; the sampler calls them.
+"""Counter arithmetic: wrap and reset correction, learning a coarse counter's update period and
+grid, and integrating polled power. Pure and tested on their own; the odometer calls them.
 """
 
 from __future__ import annotations
@@ -71,3 +70,70 @@ class UpdateGrid:
     def age(self, t: float) -> float:
         """Seconds since the last update at or before ``t``."""
         return (t - self.anchor) % self.period
+
+
+class PeriodLearner:
+    """A coarse counter's update period: the longest stretch it was seen not to move while
+    drawing power, over its last ``window`` changes, trusted after ``min_changes`` of them.
+
+    Flat stretches longer than ``max_period_s`` mean an idle device, not a coarse counter."""
+
+    __slots__ = ("flats", "min_changes", "max_period_s", "_flat")
+
+    def __init__(self, window: int = 16, min_changes: int = 8, max_period_s: float = 1.0):
+        self.flats: deque[float] = deque(maxlen=window)
+        self.min_changes = min_changes
+        self.max_period_s = max_period_s
+        self._flat = 0.0
+
+    def unchanged(self, flat_s: float) -> None:
+        """The value has now been seen unchanged for ``flat_s`` while the device drew power."""
+        self._flat = flat_s
+
+    def changed(self) -> bool:
+        """The value changed. Returns True when this change made the period known."""
+        known_before = self.known
+        if 0.0 < self._flat <= self.max_period_s:
+            self.flats.append(self._flat)
+        self._flat = 0.0
+        return self.known and not known_before
+
+    @property
+    def known(self) -> bool:
+        return len(self.flats) >= self.min_changes
+
+    @property
+    def period_s(self) -> float:
+        """The learned period, 0.0 until it is known."""
+        return max(self.flats) if self.known else 0.0
+
+
+class PowerIntegral:
+    """Trapezoid integral (J) of polled instantaneous power, with a short history of
+    ``(t, joules)`` points so that the energy since a recent moment can be read back."""
+
+    __slots__ = ("value", "t", "p", "hist")
+
+    def __init__(self, keep: int = 16):
+        self.value = 0.0
+        self.t: float | None = None
+        self.p: float | None = None
+        self.hist: deque[tuple[float, float]] = deque(maxlen=keep)
+
+    def add(self, t: float, power_w: float) -> None:
+        if self.t is not None and self.p is not None and t > self.t:
+            self.value += (self.p + power_w) * 0.5 * (t - self.t)
+        self.t, self.p = t, power_w
+        self.hist.append((t, self.value))
+
+    def since(self, u: float, now: float, fallback_w: float) -> float:
+        """Joules from moment ``u`` to the newest point (taken at ``now``): interpolated in the
+        history where it reaches back that far, else ``fallback_w`` times ``now - u``."""
+        pts = self.hist
+        if len(pts) >= 2 and pts[0][0] <= u:
+            for k in range(len(pts) - 1, 0, -1):  # newest interval first
+                (t0, e0), (t1, e1) = pts[k - 1], pts[k]
+                if t0 <= u:
+                    frac = (u - t0) / (t1 - t0) if t1 > t0 else 0.0
+                    return self.value - (e0 + (e1 - e0) * frac)
+        return fallback_w * max(0.0, now - u)

@@ -74,18 +74,19 @@ def describe(info: RankInfo | None) -> dict[str, Any] | None:
     return None if info is None else {**asdict(info), "owns_host_sensors": info.owns_host}
 
 
-def _stage_totals(results) -> dict[str, dict[str, float]]:
+def _stage_totals(records) -> dict[str, dict[str, float]]:
+    """Per-stage totals of one rank's span records (as in spans.jsonl)."""
     out: dict[str, dict[str, float]] = {}
-    for r in results:
-        if r.energy_j is None:
+    for r in records:
+        if r.get("energy_j") is None:
             continue
-        t = out.setdefault(r.path, {"energy_j": 0.0, "duration_s": 0.0, "spans": 0})
-        t["energy_j"] += r.energy_j
-        t["duration_s"] += r.duration_s
+        t = out.setdefault(r["path"], {"energy_j": 0.0, "duration_s": 0.0, "spans": 0})
+        t["energy_j"] += r["energy_j"]
+        t["duration_s"] += r.get("duration_s") or 0.0
         t["spans"] += 1
-        for comp, ce in r.energy_by_component.items():
-            t[f"{comp}_energy_j"] = t.get(f"{comp}_energy_j", 0.0) + ce.energy_j
-        for k, v in r.counts.items():
+        for comp, ce in (r.get("energy_by_component") or {}).items():
+            t[f"{comp}_energy_j"] = t.get(f"{comp}_energy_j", 0.0) + (ce.get("energy_j") or 0.0)
+        for k, v in (r.get("counts") or {}).items():
             t[k] = t.get(k, 0) + v
     return out
 
@@ -112,13 +113,16 @@ def write_job_record(meter, output_dir: str | None = None) -> str | None:
     every rank, after the measured work and before ``destroy_process_group``. Flushes the Meter."""
     import torch.distributed as dist
 
+    from .runread import read_run
+
     info = meter.rank if getattr(meter, "rank", None) is not None else rank_info()
     meter.flush()
+    run = read_run(meter.run_dir) if meter.run_dir else None
     mine = {"rank": info.rank if info else 0, "local_rank": info.local_rank if info else 0,
             "host": info.host if info else socket.gethostname(), "run_dir": meter.run_dir,
             "owns_host_sensors": info.owns_host if info else True,
-            "channels": [c.key for c in meter.sampler.channels] if meter.sampler else [],
-            "stages": _stage_totals(list(meter.results))}
+            "channels": [c.get("key") for c in (run.info.get("channels") or [])] if run else [],
+            "stages": _stage_totals(run.spans) if run else {}}
     if dist.is_available() and dist.is_initialized():
         gathered: list = [None] * dist.get_world_size()
         dist.all_gather_object(gathered, mine)

@@ -12,11 +12,12 @@ class ConfigError(MeterError, ValueError):
 
 
 class SensorError(MeterError):
-    """A sensor could not be read. Never raised into user code by spans or the sampler."""
+    """Sensors could not be opened when a Meter started. Never raised by spans or the sampler:
+    a sensor that fails while measuring becomes a recorded fault."""
 
 
-class PermissionDenied(SensorError, PermissionError):
-    """A sensor exists but this user may not read it (e.g. root-only RAPL ``energy_uj``)."""
+class SpanStateError(MeterError, RuntimeError):
+    """A span used in a way its state does not allow: its result while open, a rename after exit."""
 
 
 class CarbonError(MeterError):

@@ -1,27 +1,41 @@
-"""The run log: ``OUTPUT_DIR/<run-id>/`` with ``run.json`` (written first, rewritten atomically at
-close), ``spans.jsonl`` (one record per closed span), ``samples.csv`` (the power timeline, one
-row per sampler tick, cumulative joules per channel) and ``heartbeat.json`` (spans still open).
+"""The run log's single writer: ``OUTPUT_DIR/<run-id>/`` with ``run.json`` (written first,
+replaced atomically), ``spans.jsonl`` (one record per closed span), ``samples.csv`` (one row per
+sampler tick, cumulative joules per channel) and ``heartbeat.json`` (spans still open).
 
-Everything downstream reads from here, so a report can be rebuilt after a crash: spans that were
-open when the process died are rebuilt from the heartbeat and the last sample row, marked
-``incomplete``. Readers skip and report a corrupt line; they never drop the run.
+Records are appended with unbuffered ``os.write`` on ``O_APPEND`` descriptors, so a forked child
+has no buffer to flush twice and a process killed with SIGKILL loses nothing it had written.
+Run directories are created with ``mkdir`` (never reused). Temporary files are unique per
+writer. A fault of the disk (full, read-only, the directory deleted) is recorded once with the
+fix; records wait in memory and are retried, and nothing here ever raises into the caller.
+
+Reading is in :mod:`meter.runread`; its public names are re-exported here.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
 import os
+import secrets
 import tempfile
-from dataclasses import dataclass, field
+import time
 from typing import Any, Iterable
 
 from .clock import utc_iso
 from .errors import ConfigError, RunLogError
+from .measurement import SCHEMA_VERSION
+from .runread import COUNT_COLUMNS, SPAN_COLUMNS, Run, find_runs, read_run, span_rows  # noqa: F401 - public names
 
 log = logging.getLogger("meter")
-SCHEMA_VERSION = 1
+
+#: Unwritten bytes kept per file while the disk refuses them; beyond this the oldest sample rows
+#: are dropped (span records are kept up to four times as much).
+PENDING_MAX_BYTES = 16 * 2**20
+#: How often writes are retried after a disk fault.
+RETRY_S = 2.0
+_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
 
 
 def check_writable(output_dir: str) -> None:
@@ -38,20 +52,26 @@ def check_writable(output_dir: str) -> None:
         ) from None
 
 
-def atomic_write_json(path: str, data: Any) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, default=_json_default)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def safe_component(text: str, fallback: str = "x") -> str:
+    """``text`` as one safe path component: letters, digits, ``-_.``; never ``.`` or ``..``."""
+    out = "".join(ch if (ch.isascii() and ch.isalnum()) or ch in "-_." else "-" for ch in str(text)).strip(".")
+    return out[:100] or fallback
 
 
-def _json_default(o: Any) -> Any:
-    if isinstance(o, (set, tuple)):
-        return list(o)
-    return str(o)
+def make_run_dir(output_dir: str, base: str) -> str:
+    """Create and return a new run directory ``output_dir/base[-suffix]``: never an existing one,
+    even when several Meters start in the same second in one process."""
+    base = safe_component(base, "run")
+    os.makedirs(output_dir, exist_ok=True)
+    name = base
+    for _ in range(100):
+        path = os.path.join(output_dir, name)
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            name = f"{base}-{secrets.token_hex(2)}"
+    raise RunLogError(f"could not create a new run directory in {output_dir}")
 
 
 def _clean(value: Any) -> Any:
@@ -59,258 +79,189 @@ def _clean(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
+        return {str(k): _clean(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_clean(v) for v in value]
     return value
 
 
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (set, frozenset, tuple)):
+        return list(o)
+    if hasattr(o, "items"):
+        return dict(o.items())
+    return str(o)
+
+
+def dumps(rec: dict) -> str:
+    return json.dumps(_clean(rec), default=_json_default, separators=(",", ":"), allow_nan=False)
+
+
+def atomic_write_json(path: str, data: Any) -> None:
+    """Write ``path`` through a temporary file unique to this writer, then rename over it."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=os.path.dirname(path) or ".")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(_clean(data), f, indent=2, default=_json_default, allow_nan=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+class _AppendFile:
+    """One ``O_APPEND`` file with unwritten bytes kept while the disk refuses them."""
+
+    def __init__(self, path: str, keep_bytes: int):
+        self.path = path
+        self.fd = os.open(path, _FLAGS, 0o644)
+        self.pending = bytearray()
+        self.keep_bytes = keep_bytes
+        self.dropped = 0
+
+    def append(self, data: bytes) -> None:
+        self.pending += data
+        if len(self.pending) > self.keep_bytes:
+            # Keep whole lines: drop the oldest ones.
+            cut = self.pending.find(b"\n", len(self.pending) - self.keep_bytes)
+            self.dropped += self.pending[: cut + 1].count(b"\n")
+            del self.pending[: cut + 1]
+
+    def drain(self) -> None:
+        """Write what is pending; raises OSError with the rest still pending."""
+        while self.pending:
+            n = os.write(self.fd, self.pending)
+            del self.pending[:n]
+
+    def deleted(self) -> bool:
+        try:
+            return os.fstat(self.fd).st_nlink == 0
+        except OSError:
+            return True
+
+    def close(self) -> None:
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+
+
 class RunWriter:
-    """Appends records for one run. Used only from the sampler thread and at close."""
+    """Writes one run. Used by the sampler thread only (and by ``Meter.close`` after it stopped)."""
 
     def __init__(self, run_dir: str, channels: Iterable):
         self.run_dir = run_dir
-        os.makedirs(run_dir, exist_ok=True)
         self.keys = [c.key for c in channels]
-        self._spans = open(os.path.join(run_dir, "spans.jsonl"), "a", encoding="utf-8")
-        self._samples = open(os.path.join(run_dir, "samples.csv"), "a", encoding="utf-8", newline="")
-        if self._samples.tell() == 0:
+        self.fault: dict | None = None  # the first disk fault, for run.json
+        self.faults = 0
+        self._retry_at = 0.0
+        self._info: dict | None = None
+        self._open_files()
+
+    def _open_files(self) -> None:
+        self._spans = _AppendFile(os.path.join(self.run_dir, "spans.jsonl"), 4 * PENDING_MAX_BYTES)
+        self._samples = _AppendFile(os.path.join(self.run_dir, "samples.csv"), PENDING_MAX_BYTES)
+        if os.fstat(self._samples.fd).st_size == 0:
             header = ["t_wall_s", "t_mono_s"] + [f"{k}:power_w" for k in self.keys] + [f"{k}:energy_j" for k in self.keys]
-            self._samples.write(",".join(header) + "\n")
+            self._samples.append((",".join(header) + "\n").encode())
 
+    # -- records -------------------------------------------------------------------------------
     def write_run(self, info: dict) -> None:
-        atomic_write_json(os.path.join(self.run_dir, "run.json"), {"schema_version": SCHEMA_VERSION, "type": "run", **_clean(info)})
+        self._info = {"schema_version": SCHEMA_VERSION, "type": "run", **info}
+        self._guard(lambda: atomic_write_json(os.path.join(self.run_dir, "run.json"), self._info))
 
-    def append_spans(self, measurements) -> None:
-        lines = []
-        for m in measurements:
-            # Sensor values are checked finite by the sampler, so records need no NaN scrub.
-            rec = {"schema_version": SCHEMA_VERSION, "type": "span", **m.to_dict()}
-            lines.append(json.dumps(rec, default=_json_default, separators=(",", ":"), check_circular=False))
-        self._spans.write("\n".join(lines) + "\n")
+    def append_spans(self, records: list[dict]) -> None:
+        if records:
+            body = "".join(dumps({"schema_version": SCHEMA_VERSION, "type": "span", **r}) + "\n" for r in records)
+            self._spans.append(body.encode("utf-8", "surrogatepass"))
 
     def append_sample(self, snap) -> None:
         parts = [f"{snap.wall:.6f}", f"{snap.t:.6f}"]
         parts += [f"{p:.6g}" for p in snap.power_w]
         parts += [f"{e:.6f}" for e in snap.energy_j]
-        self._samples.write(",".join(parts) + "\n")
+        self._samples.append((",".join(parts) + "\n").encode())
 
     def heartbeat(self, open_spans: list[dict], snap) -> None:
-        atomic_write_json(
-            os.path.join(self.run_dir, "heartbeat.json"),
-            {"schema_version": SCHEMA_VERSION, "type": "heartbeat", "t_wall": snap.wall, "updated_utc": utc_iso(snap.wall), "open": open_spans},
-        )
+        rec = {"schema_version": SCHEMA_VERSION, "type": "heartbeat", "t_wall": snap.wall,
+               "updated_utc": utc_iso(snap.wall), "open": open_spans}
+        self._guard(lambda: atomic_write_json(os.path.join(self.run_dir, "heartbeat.json"), rec))
 
-    def flush(self) -> None:
-        if self._spans is not None:
-            self._spans.flush()
-            self._samples.flush()
-
-    def abandon(self) -> None:
-        """In a forked child: drop the handles without flushing (the parent owns the files)."""
-        self._spans = self._samples = None
-
-    def close(self) -> None:
-        if self._spans is None:
+    def write_pending(self, force: bool = False) -> None:
+        """Put pending records on disk (each tick). After a fault, retried every RETRY_S."""
+        if self.fault is not None and not force and time.monotonic() < self._retry_at:
             return
-        self.flush()
-        self._spans.close()
-        self._samples.close()
-        self._spans = self._samples = None
-        hb = os.path.join(self.run_dir, "heartbeat.json")
-        try:
-            os.unlink(hb)
-        except FileNotFoundError:
-            pass
-
-
-# -- reading -----------------------------------------------------------------------------------
-
-
-@dataclass
-class Run:
-    """One run read back from disk."""
-
-    run_dir: str
-    info: dict
-    spans: list[dict]
-    problems: list[str] = field(default_factory=list)
+        if self._spans.deleted():
+            self._recreate()
+        if self._guard(self._spans.drain) and self._guard(self._samples.drain) and self.fault is not None \
+                and not self.fault.get("recovered"):
+            self.fault["recovered"] = utc_iso(time.time())
+            log.warning("meter: the run log in %s is writable again; records kept in memory were written", self.run_dir)
 
     @property
-    def run_id(self) -> str:
-        return self.info.get("run_id") or os.path.basename(self.run_dir.rstrip("/"))
+    def pending_bytes(self) -> int:
+        return len(self._spans.pending) + len(self._samples.pending)
 
-    def samples(self):
-        """The power timeline as a pandas DataFrame (columns as in samples.csv)."""
-        import pandas as pd
+    # -- faults --------------------------------------------------------------------------------
+    def _guard(self, fn) -> bool:
+        try:
+            fn()
+            return True
+        except OSError as exc:
+            self._disk_fault(exc)
+            return False
 
-        path = os.path.join(self.run_dir, "samples.csv")
-        if not os.path.exists(path):
-            return pd.DataFrame()
-        return pd.read_csv(path, on_bad_lines="skip")
+    def _disk_fault(self, exc: OSError) -> None:
+        self.faults += 1
+        self._retry_at = time.monotonic() + RETRY_S
+        if self.fault is not None and not self.fault.get("recovered"):
+            return
+        fix = {errno.ENOSPC: "free disk space", errno.EDQUOT: "free disk space (quota)",
+               errno.EROFS: "remount it read-write or pass another output_dir",
+               errno.EACCES: "make it writable or pass another output_dir"}.get(exc.errno, "check the disk")
+        self.fault = {"utc": utc_iso(time.time()), "error": f"{exc.strerror or exc} ({errno.errorcode.get(exc.errno, exc.errno)})",
+                      "fix": fix}
+        log.warning("meter: cannot write the run log in %s (%s); measurement continues in memory and writing is "
+                    "retried: %s, or set output_dir= / METER_OUTPUT_DIR to another directory",
+                    self.run_dir, exc.strerror or exc, fix)
 
+    def _recreate(self) -> None:
+        """The run directory was deleted under us: re-create it; later records go there."""
+        self._disk_fault(OSError(errno.ENOENT, "the run directory was deleted during the run"))
+        self._spans.close()
+        self._samples.close()
+        lost_spans, lost_samples = self._spans.pending, self._samples.pending
+        try:
+            os.makedirs(self.run_dir, exist_ok=True)
+            self._open_files()
+        except OSError as exc:
+            self._disk_fault(exc)
+            return
+        self._spans.pending[:0] = lost_spans
+        self._samples.pending += lost_samples.split(b"\n", 1)[-1] if lost_samples.startswith(b"t_wall_s") else lost_samples
+        if self._info is not None:
+            self._info["faults_disk"] = dict(self.fault or {}, note="records written before this moment were lost "
+                                             "with the deleted directory")
+            self.write_run(self._info)
 
-def _read_jsonl(path: str, problems: list[str]) -> list[dict]:
-    out = []
-    try:
-        f = open(path, encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        return out
-    with f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+    def close(self, remove_heartbeat: bool = True) -> None:
+        """Write what is pending (once more) and close. Never raises."""
+        self.write_pending(force=True)
+        for f in (self._spans, self._samples):
+            if f.dropped:
+                log.warning("meter: %d rows of %s could not be written and were dropped", f.dropped, f.path)
+            f.close()
+        if remove_heartbeat:
             try:
-                rec = json.loads(line)
-                if not isinstance(rec, dict):
-                    raise ValueError("not an object")
-            except ValueError as exc:
-                problems.append(f"{path}:{n}: corrupt line skipped ({exc})")
-                continue
-            if rec.get("schema_version", 0) > SCHEMA_VERSION:
-                problems.append(f"{path}:{n}: schema_version {rec.get('schema_version')} is newer than this meter reads; upgrade meter")
-                continue
-            out.append(rec)
-    return out
+                os.unlink(os.path.join(self.run_dir, "heartbeat.json"))
+            except OSError:
+                pass
 
-
-def _last_sample(run_dir: str, problems: list[str]) -> tuple[list[str], list[str]] | None:
-    path = os.path.join(run_dir, "samples.csv")
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            header = f.readline().strip().split(",")
-            last = None
-            for line in f:
-                row = line.strip().split(",")
-                if len(row) == len(header):
-                    try:
-                        [float(x) for x in row]
-                    except ValueError:
-                        continue
-                    last = row
-    except FileNotFoundError:
-        return None
-    if last is None:
-        return None
-    return header, last
-
-
-def _rebuild_open(run_dir: str, info: dict, closed_ids: set, problems: list[str]) -> list[dict]:
-    """Spans open when the process died: from the heartbeat and the last sample row."""
-    hb_path = os.path.join(run_dir, "heartbeat.json")
-    if not os.path.exists(hb_path):
-        return []
-    try:
-        with open(hb_path, encoding="utf-8") as f:
-            hb = json.load(f)
-    except ValueError as exc:
-        problems.append(f"{hb_path}: corrupt heartbeat ignored ({exc})")
-        return []
-    sample = _last_sample(run_dir, problems)
-    channels = info.get("channels", [])
-    out = []
-    for o in hb.get("open", []):
-        if o.get("span_id") in closed_ids:
-            continue
-        rec = {
-            "schema_version": SCHEMA_VERSION, "type": "span", "status": "incomplete",
-            "name": o.get("name"), "path": o.get("path"), "span_id": o.get("span_id"),
-            "parent_id": o.get("parent_id"), "depth": o.get("depth", 0), "thread": o.get("thread"),
-            "run_id": info.get("run_id"), "start_utc": o.get("start_utc"), "counts": o.get("counts", {}),
-            "tags": o.get("tags", {}), "interval_s": info.get("interval_s"),
-            "warnings": ["incomplete: the process ended while this span was open; energy up to its last sample"],
-        }
-        if sample is not None:
-            header, row = sample
-            vals = dict(zip(header, (float(x) for x in row), strict=False))
-            rec["duration_s"] = vals["t_mono_s"] - o["start_t"]
-            rec["end_utc"] = utc_iso(vals["t_wall_s"])
-            devices, by_comp = {}, {}
-            for ch, start_j in zip(channels, o.get("start_energy_j", []), strict=False):
-                e = vals.get(f"{ch['key']}:energy_j")
-                if e is None:
-                    continue
-                dj = e - start_j
-                devices[ch["key"]] = {"energy_j": dj, "provenance": ch["provenance"], "corrected": False}
-                c = by_comp.setdefault(ch["component"], {"energy_j": 0.0, "provenance": ch["provenance"], "devices": []})
-                c["energy_j"] += dj
-                c["devices"].append(ch["key"])
-                if c["provenance"] != ch["provenance"]:
-                    c["provenance"] = "mixed"
-            rec["devices"] = devices
-            rec["energy_by_component"] = by_comp
-            total = sum(d["energy_j"] for d in devices.values()) if devices else None
-            rec["energy_j"] = total
-            rec["estimated_energy_j"] = sum(d["energy_j"] for d in devices.values() if d["provenance"] == "estimated") if devices else None
-            rec["measured_energy_j"] = (total - rec["estimated_energy_j"]) if devices else None
-            rec["avg_power_w"] = total / rec["duration_s"] if total is not None and rec["duration_s"] > 0 else None
-        out.append(rec)
-    return out
-
-
-def read_run(run_dir: str) -> Run:
-    """Read one run directory. Never raises for corrupt content: problems are listed on the Run."""
-    problems: list[str] = []
-    info_path = os.path.join(run_dir, "run.json")
-    try:
-        with open(info_path, encoding="utf-8") as f:
-            info = json.load(f)
-    except FileNotFoundError:
-        raise RunLogError(f"{run_dir} has no run.json: not a meter run directory") from None
-    except ValueError as exc:
-        problems.append(f"{info_path}: corrupt ({exc}); run details unknown")
-        info = {"run_id": os.path.basename(run_dir.rstrip('/'))}
-    spans = _read_jsonl(os.path.join(run_dir, "spans.jsonl"), problems)
-    closed = {s.get("span_id") for s in spans}
-    spans.extend(_rebuild_open(run_dir, info, closed, problems))
-    for p in problems:
-        log.warning("meter: %s", p)
-    return Run(run_dir, info, spans, problems)
-
-
-def find_runs(paths) -> list[str]:
-    """Run directories in ``paths`` (each a run directory or a directory of them)."""
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    out = []
-    for p in paths:
-        p = os.fspath(p)
-        if os.path.isfile(os.path.join(p, "run.json")):
-            out.append(p)
-        elif os.path.isdir(p):
-            out.extend(sorted(os.path.join(p, d) for d in os.listdir(p) if os.path.isfile(os.path.join(p, d, "run.json"))))
-        else:
-            raise RunLogError(f"{p} does not exist")
-    if not out:
-        raise RunLogError(f"no meter runs (directories with run.json) in {', '.join(map(str, paths))}")
-    return out
-
-
-SPAN_COLUMNS = [
-    "run_id", "span_id", "parent_id", "name", "path", "depth", "status", "start_utc", "end_utc",
-    "duration_s", "energy_j", "measured_energy_j", "estimated_energy_j", "avg_power_w",
-    "peak_power_w", "samples", "tokens", "output_tokens", "flops",
-]
-
-
-COUNT_COLUMNS = ("samples", "tokens", "output_tokens", "flops")
-
-
-def span_rows(run: Run) -> list[dict]:
-    rows = []
-    for s in run.spans:
-        row = {k: s.get(k) for k in SPAN_COLUMNS if k not in COUNT_COLUMNS}
-        row["run_id"] = s.get("run_id") or run.run_id
-        row["status"] = s.get("status", "complete")
-        counts = s.get("counts") or {}
-        for k in COUNT_COLUMNS:
-            row[k] = counts.get(k)
-        for comp, ce in (s.get("energy_by_component") or {}).items():
-            row[f"{comp}_energy_j"] = ce.get("energy_j")
-            row[f"{comp}_provenance"] = ce.get("provenance")
-        for k, v in (s.get("tags") or {}).items():
-            row[f"tag_{k}"] = v
-        row["warnings"] = "; ".join(s.get("warnings") or [])
-        row["run_dir"] = run.run_dir
-        rows.append(row)
-    return rows
+    def abandon(self) -> None:
+        """In a forked child: close the descriptors (the parent's stay open); write nothing."""
+        for f in (self._spans, self._samples):
+            f.pending.clear()
+            f.close()

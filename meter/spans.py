@@ -1,8 +1,10 @@
-"""The span tree: names, nesting through a ContextVar, boundary reads, counts, results.
+"""The span tree: names, nesting through a ContextVar, counts, and results.
 
-Entry and exit are on the user's hot path: each reads the sensors once (through the sampler) and
-appends to a queue. Everything else (energy arithmetic, warnings, the record) is computed lazily
-from the two snapshots, on first access or on the sampler thread when the record is written.
+A span's entry and exit are on the user's hot path: each asks its owner (the Meter) for one
+synchronous read of the sensors and nothing else. The result is computed from inputs captured
+at exit (two snapshots, the peak power seen, the counts), by a pure function, so it is the same
+whenever and on whichever thread it is first read. This module imports nothing from the Meter:
+a span talks to its owner through the small :class:`SpanOwner` protocol.
 """
 
 from __future__ import annotations
@@ -10,132 +12,105 @@ from __future__ import annotations
 import functools
 import inspect
 import itertools
+import logging
 import threading
 from contextvars import ContextVar
-from dataclasses import dataclass, fields
-from typing import Any, Mapping, NamedTuple
+from dataclasses import dataclass, replace
+from typing import Any, Awaitable, Callable, Mapping, ParamSpec, Protocol, Sequence, TypeVar, overload
 
 from .clock import utc_iso
-from .errors import ConfigError
-from .sensors import COMPONENTS, COUNTER, ESTIMATED
+from .energy import Plan, span_energy
+from .errors import ConfigError, SpanStateError
+from .measurement import COUNT_NAMES, ComponentEnergy, Measurement, measurement_html
 
-SCHEMA_VERSION = 1
-COUNT_NAMES = ("samples", "tokens", "output_tokens", "flops")
+log = logging.getLogger("meter")
+P = ParamSpec("P")  # the decorator keeps the wrapped function's signature for type checkers
+R = TypeVar("R")
 
 _current: ContextVar["Span | None"] = ContextVar("meter_current_span", default=None)
 _ids = itertools.count(1)
 
 
+@dataclass(frozen=True)
+class RunContext:
+    """What every span of one measuring run shares: how to turn snapshots into energy."""
+
+    plan: Plan
+    faults: Sequence  # the odometer's append-only fault list; snapshots say how much of it to read
+    run_id: str | None
+    interval_s: float
+
+
+class SpanOwner(Protocol):
+    """What a span needs from the Meter that measures it."""
+
+    def _enter_span(self, span: "Span") -> None: ...
+
+    def _exit_span(self, span: "Span") -> None: ...
+
+    def _snapshot_span(self, span: "Span") -> Measurement: ...
+
+    def _span_emissions_g(self, span: "Span", result: Measurement) -> float | None: ...
+
+    @property
+    def accepting(self) -> bool: ...
+
+
 def current_span() -> "Span | None":
-    """The innermost open span in this context, or None."""
+    """The innermost open span in this context (thread or asyncio task), or None."""
     span = _current.get()
     while span is not None and span.closed:  # e.g. left open and then closed by Meter.close()
         span = span.parent
     return span
 
 
-class DeviceEnergy(NamedTuple):
-    """Energy of one channel over a span (a NamedTuple: cheap to build on every span close)."""
-
-    key: str
-    component: str
-    label: str
-    energy_j: float
-    provenance: str
-    scope: str
-    shared: bool
-    corrected: bool = False
-
-
-class ComponentEnergy(NamedTuple):
-    """Energy of one component (gpu, cpu, dram) over a span; ``float()`` gives joules."""
-
-    energy_j: float
-    provenance: str  # counter | power-integrated | estimated | mixed
-    devices: tuple[str, ...] = ()
-
-    def __float__(self) -> float:
-        return self.energy_j
-
-
-@dataclass(frozen=True)
-class Measurement:
-    """Everything known about one closed span. Immutable and versioned (``schema_version``)."""
-
-    name: str
-    path: str
-    span_id: int
-    parent_id: int | None
-    depth: int
-    run_id: str | None
-    start_utc: str
-    end_utc: str
-    duration_s: float
-    energy_j: float | None
-    measured_energy_j: float | None
-    estimated_energy_j: float | None
-    energy_by_component: Mapping[str, ComponentEnergy]
-    devices: tuple[DeviceEnergy, ...]
-    avg_power_w: float | None
-    peak_power_w: float | None
-    peak_power_by_component_w: Mapping[str, float]
-    counts: Mapping[str, float]
-    tags: Mapping[str, Any]
-    interval_s: float
-    warnings: tuple[str, ...]
-    thread: str
-    status: str = "complete"
-    schema_version: int = SCHEMA_VERSION
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (hand-built: ``dataclasses.asdict`` deep-copies and is 20x slower)."""
-        d = {f: getattr(self, f) for f in _MEASUREMENT_FIELDS}
-        d["energy_by_component"] = {
-            k: {"energy_j": v.energy_j, "provenance": v.provenance, "devices": list(v.devices)}
-            for k, v in self.energy_by_component.items()
-        }
-        # Per device only what varies per span; labels and scopes are in run.json's channels.
-        d["devices"] = {x.key: {"energy_j": x.energy_j, "provenance": x.provenance, "corrected": x.corrected} for x in self.devices}
-        d["peak_power_by_component_w"] = dict(self.peak_power_by_component_w)
-        d["counts"] = dict(self.counts)
-        d["tags"] = dict(self.tags)
-        d["warnings"] = list(self.warnings)
-        return d
-
-
-#: A coarse counter's delta is used (with its edge lags added back) for spans of at least this
-#: many update periods; shorter spans take their energy from power at the edges, since one
-#: misplaced update would be a large error.
-GRID_MIN_PERIODS = 1.5
-
-_MEASUREMENT_FIELDS = tuple(f.name for f in fields(Measurement))
-
-
-def _check_counts(counts: Mapping[str, Any]) -> dict[str, float]:
+def check_counts(counts: Mapping[str, Any]) -> dict[str, float]:
+    """Validate counts: known names, finite, non-negative; number-likes (0-d tensors, numpy
+    scalars: anything with ``__index__`` or ``__float__``) are converted."""
     out = {}
     for k, v in counts.items():
         if k not in COUNT_NAMES:
             from .config import suggest
 
-            raise ConfigError(f"unknown count {k!r}{suggest(k, COUNT_NAMES)} (counts are {', '.join(COUNT_NAMES)}; put other labels in tags=)")
+            raise ConfigError(f"unknown count {k!r}{suggest(k, COUNT_NAMES)} (counts are {', '.join(COUNT_NAMES)}; "
+                              "put other labels in tags=)")
         if v is None:
             continue
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or v != v:
-            raise ConfigError(f"{k}={v!r}: counts must be non-negative numbers")
+        if isinstance(v, bool):
+            raise ConfigError(f"{k}={v!r}: counts must be non-negative numbers, not booleans")
+        if not isinstance(v, (int, float)):
+            try:
+                v = v.__index__() if hasattr(v, "__index__") else float(v)
+            except (TypeError, ValueError, RuntimeError):
+                raise ConfigError(f"{k}={v!r}: counts must be non-negative numbers") from None
+        if not (v >= 0 and v - v == 0):
+            raise ConfigError(f"{k}={v!r}: counts must be finite, non-negative numbers")
         out[k] = v
     return out
 
 
+def _check_name(name: Any) -> str:
+    if not isinstance(name, str) or not name or "/" in name:
+        raise ConfigError(f"span name {name!r}: use a non-empty string without '/' (nesting builds the path)")
+    return name
+
+
 class Span:
-    """One use of ``track``: open between entry and exit, then a :class:`Measurement`."""
+    """One use of ``track``: open between entry and exit, then a :class:`Measurement`.
+
+    While open, ``energy_j``, ``duration_s`` and the other figures give the figures so far
+    (see :meth:`snapshot`); after exit they are the frozen :attr:`result`'s.
+    """
 
     __slots__ = (
-        "meter", "name", "path", "span_id", "parent", "parent_id", "depth", "thread", "counts",
-        "tags", "_start", "_end", "_peak", "_result", "_token", "_lock", "inert", "__weakref__",
+        "meter", "name", "path", "span_id", "parent", "parent_id", "depth", "thread", "counts", "tags",
+        "inert", "ctx", "_start", "_end", "_peak", "_result", "_token", "_track", "_lock", "_status",
+        "_notes", "__weakref__",
     )
 
-    def __init__(self, meter, name: str, parent: "Span | None", counts: dict, tags: dict, inert: bool = False):
-        self.meter = meter
+    def __init__(self, owner: SpanOwner, name: str, parent: "Span | None", counts: dict, tags: dict,
+                 track: "Track | None" = None):
+        self.meter = owner
         self.name = name
         self.parent = parent
         self.parent_id = parent.span_id if parent is not None else None
@@ -145,249 +120,226 @@ class Span:
         self.thread = threading.current_thread().name
         self.counts = counts
         self.tags = tags
-        self._start = None
-        self._end = None
+        self.inert = False
+        self.ctx: RunContext | None = None
+        self._start: Any = None
+        self._end: Any = None
         self._peak: dict[str, float] = {}
         self._result: Measurement | None = None
         self._token = None
+        self._track = track
         self._lock = threading.Lock()
-        self.inert = inert
+        self._status = "complete"
+        self._notes: tuple[str, ...] = ()
 
-    def add(self, samples: float | None = None, tokens: float | None = None, flops: float | None = None,
-            output_tokens: float | None = None) -> None:
+    # -- counts and names ----------------------------------------------------------------------
+    def add(self, samples: Any = None, tokens: Any = None, flops: Any = None, output_tokens: Any = None) -> None:
         """Add to this span's counts (each may be omitted). Thread-safe. ``tokens`` are input
-        tokens (non-padding), ``output_tokens`` generated tokens."""
-        new = _check_counts({"samples": samples, "tokens": tokens, "output_tokens": output_tokens, "flops": flops})
+        tokens (non-padding), ``output_tokens`` generated tokens. Counts are frozen at exit: a
+        later ``add`` changes nothing and logs one warning."""
+        new = check_counts({"samples": samples, "tokens": tokens, "output_tokens": output_tokens, "flops": flops})
         with self._lock:
+            if self._end is not None:
+                log.warning("meter: span %r is closed; counts added after its exit are ignored", self.path)
+                return
             for k, v in new.items():
                 self.counts[k] = self.counts.get(k, 0) + v
-
-    def snapshot(self) -> Measurement:
-        """Figures so far for an open span (status "open"); the result itself once closed."""
-        return self.meter._snapshot(self)
 
     def rename(self, name: str) -> None:
         """Change an open span's name (for stages whose kind is known only later, such as a
         Trainer evaluation that turns out to be ``predict``). Child paths opened before are kept."""
         if self._end is not None:
-            raise RuntimeError(f"span {self.path!r} is closed; rename it before it exits")
-        if not isinstance(name, str) or not name or "/" in name:
-            raise ConfigError(f"span name {name!r}: use a non-empty string without '/'")
-        self.name = name
+            raise SpanStateError(f"span {self.path!r} is closed; rename it before it exits")
+        self.name = _check_name(name)
         self.path = f"{self.parent.path}/{name}" if self.parent is not None else name
 
+    # -- results -------------------------------------------------------------------------------
     @property
     def closed(self) -> bool:
         return self._end is not None
 
     @property
     def result(self) -> Measurement:
-        """The frozen record (after exit). Raises RuntimeError while the span is open."""
-        if self._result is None:
+        """The frozen record, after exit. Raises :class:`~meter.errors.SpanStateError` while the span
+        is open (use :meth:`snapshot` for the figures so far)."""
+        r = self._result
+        if r is None:
             if self._end is None:
-                raise RuntimeError(f"span {self.path!r} is still open; its result exists after the with-block exits")
-            self._result = self.meter._measure(self)
-        return self._result
+                raise SpanStateError(f"span {self.path!r} is still open; its result exists after the with-block exits "
+                                 "(span.snapshot() gives the figures so far)")
+            r = self._result = build_measurement(self, self._end, self._peak, self._status, self._notes)
+        return r
 
-    # Convenience mirrors of the result (DESIGN.md public API).
+    def snapshot(self) -> Measurement:
+        """The figures so far (status ``"open"``) for an open span; the result once closed.
+        Never raises, also after the Meter closed."""
+        if self._end is not None:
+            return self.result
+        return self.meter._snapshot_span(self)
+
+    def _figures(self) -> Measurement:
+        return self.result if self._end is not None else self.snapshot()
+
     @property
     def energy_j(self) -> float | None:
-        return self.result.energy_j
+        """Joules, all components (so far, while open); None when no sensor could be read."""
+        return self._figures().energy_j
 
     @property
     def duration_s(self) -> float:
-        return self.result.duration_s
+        return self._figures().duration_s
 
     @property
     def energy_by_component(self) -> Mapping[str, ComponentEnergy]:
-        return self.result.energy_by_component
+        return self._figures().energy_by_component
 
     @property
     def avg_power_w(self) -> float | None:
-        return self.result.avg_power_w
+        return self._figures().avg_power_w
 
     @property
     def peak_power_w(self) -> float | None:
-        return self.result.peak_power_w
+        return self._figures().peak_power_w
 
     @property
     def warnings(self) -> tuple[str, ...]:
-        return self.result.warnings
+        return self._figures().warnings
 
     @property
     def emissions_g(self) -> float | None:
-        """gCO2eq for this span with the meter's region and PUE (see meter.carbon)."""
-        return self.meter._emissions_g(self)
+        """gCO2eq with the Meter's region and PUE (so far, while open). Never waits on the
+        network: a live provider's figures come from the Meter's background cache."""
+        return self.meter._span_emissions_g(self, self._figures())
 
     def __repr__(self) -> str:
-        if self._result is None and self._end is None:
-            return f"<Span {self.path!r} open>"
-        r = self.result
+        r = self._figures()
         e = "n/a" if r.energy_j is None else f"{r.energy_j:.3f} J"
-        return f"<Span {self.path!r} {r.duration_s:.3f} s {e}>"
+        state = "" if self._end is not None else " open"
+        return f"<Span {self.path!r}{state} {r.duration_s:.3f} s {e}>"
+
+    def _repr_html_(self) -> str:
+        return measurement_html(self._figures())
+
+
+def build_measurement(span: Span, end: Any, peak: Mapping[str, float], status: str, notes: Sequence[str] = ()) -> Measurement:
+    """A span's Measurement between its start snapshot and ``end``: pure in its inputs."""
+    ctx = span.ctx
+    if span.inert or ctx is None:
+        t0, w0 = span._start
+        t1, w1 = end
+        return Measurement(
+            name=span.name, path=span.path, span_id=span.span_id, parent_id=span.parent_id, depth=span.depth,
+            run_id=ctx.run_id if ctx else None, start_utc=utc_iso(w0), end_utc=utc_iso(w1), duration_s=t1 - t0,
+            energy_j=None, measured_energy_j=None, estimated_energy_j=None, energy_by_component={}, devices=(),
+            avg_power_w=None, peak_power_w=None, peak_power_by_component_w={}, counts=dict(span.counts),
+            tags=dict(span.tags), interval_s=ctx.interval_s if ctx else 0.0, warnings=tuple(notes), thread=span.thread,
+            status="not-measured",
+        )
+    s = span._start
+    f = span_energy(s, end, ctx.plan, ctx.faults, peak)
+    return Measurement(
+        name=span.name, path=span.path, span_id=span.span_id, parent_id=span.parent_id, depth=span.depth,
+        run_id=ctx.run_id, start_utc=utc_iso(s.wall), end_utc=utc_iso(end.wall), duration_s=f.duration_s,
+        energy_j=f.energy_j, measured_energy_j=f.measured_energy_j, estimated_energy_j=f.estimated_energy_j,
+        energy_by_component=f.energy_by_component, devices=f.devices, avg_power_w=f.avg_power_w,
+        peak_power_w=f.peak_power_w, peak_power_by_component_w=f.peak_power_by_component_w,
+        counts=dict(span.counts), tags=dict(span.tags), interval_s=ctx.interval_s,
+        warnings=tuple(notes) + f.warnings, thread=span.thread, status=status,
+    )
+
+
+def open_view(span: Span, end: Any, peak: Mapping[str, float]) -> Measurement:
+    """An open span's figures up to ``end`` (status ``"open"``)."""
+    with span._lock:
+        counts = dict(span.counts)
+    view = build_measurement(span, end, peak, "open")
+    return replace(view, counts=counts)
 
 
 class Track:
-    """What ``track(...)`` returns: a context manager and a decorator; every use gets a fresh Span."""
+    """What ``track(...)`` returns: a context manager and a decorator. Every use gets a fresh
+    Span; uses from several threads or asyncio tasks at once each keep their own."""
 
-    __slots__ = ("_meter", "_name", "_counts", "_tags", "_local")
+    __slots__ = ("_owner", "_resolve", "_name", "_counts", "_tags", "_open")
 
-    def __init__(self, meter, name: str, counts: dict, tags: dict):
-        counts = _check_counts(counts)
-        if not isinstance(name, str) or not name or "/" in name:
-            raise ConfigError(f"span name {name!r}: use a non-empty string without '/' (nesting builds the path)")
-        self._meter = meter
-        self._name = name
-        self._counts = counts
-        self._tags = tags
-        self._local = threading.local()
+    def __init__(self, owner: SpanOwner | None, name: str, counts: Mapping[str, Any], tags: Any,
+                 resolve: Callable[[], SpanOwner] | None = None):
+        self._counts = check_counts(counts)
+        self._name = _check_name(name)
+        if tags is not None and not isinstance(tags, Mapping):
+            raise ConfigError(f"tags={tags!r}: give a dict of labels, e.g. tags={{'model': 'bert-base'}}")
+        self._tags = dict(tags or {})
+        self._owner = owner
+        self._resolve = resolve
+        self._open: list[Span] = []
+
+    def _owner_now(self) -> SpanOwner:
+        if self._owner is not None:
+            return self._owner
+        cur = current_span()  # module-level track nests under the current span's Meter
+        if cur is not None and cur.meter.accepting:
+            return cur.meter
+        return self._resolve()
 
     def __enter__(self) -> Span:
-        meter = self._meter
-        if meter is None:  # module-level meter.track: the default Meter, created on first use
-            from .core import default_meter
-
-            meter = default_meter()
-        span = meter._open(self._name, dict(self._counts), dict(self._tags))
-        stack = getattr(self._local, "stack", None)
-        if stack is None:
-            stack = self._local.stack = []
-        stack.append(span)
+        owner = self._owner_now()
+        parent = current_span()
+        while parent is not None and (parent.meter is not owner or parent.closed):
+            parent = parent.parent
+        span = Span(owner, self._name, parent, dict(self._counts), dict(self._tags), self)
+        owner._enter_span(span)
+        span._token = _current.set(span)
+        self._open.append(span)
         return span
 
+    def _find(self) -> Span:
+        s = _current.get()
+        while s is not None:
+            if s._track is self and s._end is None:
+                return s
+            s = s.parent
+        return self._open[-1]  # exited in another context (a generator resumed elsewhere)
+
     def __exit__(self, exc_type, exc, tb) -> bool:
-        span = self._local.stack.pop()
-        span.meter._close(span, exc_type)
+        span = self._find()
+        try:
+            self._open.remove(span)
+        except ValueError:
+            pass
+        if exc_type is not None:
+            span.tags.setdefault("exception", exc_type.__name__)
+            span._status = "incomplete"
+            span._notes = (f"incomplete: the stage ended with {exc_type.__name__}",)
+        span.meter._exit_span(span)
+        try:
+            _current.reset(span._token)
+        except ValueError:  # closed in another context; restore the nearest open ancestor
+            parent = span.parent
+            while parent is not None and parent.closed:
+                parent = parent.parent
+            _current.set(parent)
         return False
 
+    @overload
+    def __call__(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]: ...
+
+    @overload
+    def __call__(self, fn: Callable[P, R]) -> Callable[P, R]: ...
+
     def __call__(self, fn):
+        # Each call enters this Track afresh; concurrent calls keep their spans apart (ContextVar).
         if inspect.iscoroutinefunction(fn):
 
             @functools.wraps(fn)
             async def awrapper(*args, **kwargs):
-                with Track(self._meter, self._name, self._counts, self._tags):
+                with self:
                     return await fn(*args, **kwargs)
 
             return awrapper
 
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
-            with Track(self._meter, self._name, self._counts, self._tags):
+            with self:
                 return fn(*args, **kwargs)
 
         return wrapper
-
-
-def _channel_plan(sampler) -> tuple:
-    """Per-channel constants for :func:`measure`, computed once per sampler."""
-    plan = getattr(sampler, "_measure_plan", None)
-    if plan is None:
-        chans = sampler.channels
-        order = sorted({c.component for c in chans}, key=lambda c: (COMPONENTS.index(c) if c in COMPONENTS else 99, c))
-        groups = []
-        for comp in order:
-            idx = tuple(i for i, c in enumerate(chans) if c.component == comp)
-            provs = {chans[i].provenance for i in idx}
-            groups.append((comp, idx, provs.pop() if len(provs) == 1 else "mixed", tuple(chans[i].key for i in idx)))
-        counters = tuple(i for i, c in enumerate(chans) if c.mode == "energy" and c.provenance == COUNTER)
-        estimated = tuple(i for i, c in enumerate(chans) if c.provenance == ESTIMATED)
-        est_note = ""
-        if estimated:
-            comps = sorted({chans[i].component for i in estimated})
-            est_note = f"{', '.join(comps)} energy is estimated from a model, not measured"
-        notes = tuple(f"{c.key}: {c.details.get('mig', 'reading covers the whole GPU')}" for c in chans if c.shared and c.component == "gpu")
-        plan = (tuple(groups), counters, frozenset(estimated), est_note, notes)
-        sampler._measure_plan = plan
-    return plan
-
-
-def measure(span: Span, sampler, run_id: str | None) -> Measurement:
-    """Energy, power and warnings of a closed span from its two odometer snapshots.
-
-    Counter channels whose span is shorter than their learned update period (or that did not
-    move while drawing power) are corrected from the power at the span's edges and say so.
-    """
-    s, e = span._start, span._end
-    d = e.t - s.t
-    chans = sampler.channels
-    groups, counters, estimated_idx, est_note, notes = _channel_plan(sampler)
-    dj = [b - a for a, b in zip(s.energy_j, e.energy_j, strict=True)]
-    corrected = set()
-    warnings: list[str] = list(notes)
-    if d > 0:
-        for i in counters:
-            period = sampler.update_period_s(i)
-            if (d >= GRID_MIN_PERIODS * period and s.lag_j is not None and e.lag_j is not None
-                    and s.lag_j[i] is not None and e.lag_j[i] is not None):
-                # A coarse counter with a known update grid: each reading lags its read time by the
-                # energy since the counter's last update; add that back at both edges.
-                dj[i] += e.lag_j[i] - s.lag_j[i]
-                continue
-            if period == 0.0 and dj[i] != 0:
-                continue
-            if (d < GRID_MIN_PERIODS * period and s.pint_j is not None and e.pint_j is not None
-                    and e.pint_j[i] > s.pint_j[i]):
-                # Too short for the counter: integrate the instantaneous power polled meanwhile.
-                dj[i] = e.pint_j[i] - s.pint_j[i]
-                corrected.add(i)
-                warnings.append(
-                    f"{chans[i].key}: span ({d * 1e3:.1f} ms) too short for the counter, which updates every "
-                    f"{period * 1e3:.0f} ms; energy integrated from instantaneous power"
-                )
-                continue
-            edge_w = (s.power_w[i] + e.power_w[i]) * 0.5
-            if edge_w > 0 and (dj[i] == 0 or d < GRID_MIN_PERIODS * period):
-                dj[i] = edge_w * d
-                corrected.add(i)
-                warnings.append(
-                    f"{chans[i].key}: span ({d * 1e3:.1f} ms) too short for the counter, which updates every "
-                    f"{period * 1e3:.0f} ms; energy from power at the span's edges ({edge_w:.1f} W)"
-                )
-            elif period > 0 and dj[i] > 0 and edge_w * period / dj[i] >= 0.01:
-                warnings.append(
-                    f"{chans[i].key}: counter updates every {period * 1e3:.0f} ms; this {d * 1e3:.0f} ms span "
-                    f"may be off by up to one update (~{100.0 * edge_w * period / dj[i]:.0f}%)"
-                )
-    if sampler.faults:
-        for f in sampler.faults[: e.n_faults]:
-            if f.permanent and f.t <= e.t:
-                warnings.append(f"{f.key} failed during or before this span ({f.reason}); energy after that point is missing")
-        for f in sampler.faults[s.n_faults:e.n_faults]:
-            if not f.permanent:
-                warnings.append(f"{f.key}: {f.reason}")
-    devices = tuple([
-        DeviceEnergy(c.key, c.component, c.label, dj[i], c.provenance, c.scope, c.shared, i in corrected)
-        for i, c in enumerate(chans)
-    ])
-    by_comp = {}
-    for comp, idx, prov, keys in groups:
-        e_comp = 0.0
-        for i in idx:
-            e_comp += dj[i]
-        by_comp[comp] = ComponentEnergy(e_comp, prov, keys)
-    estimated = 0.0
-    for i in estimated_idx:
-        estimated += dj[i]
-    if est_note:
-        warnings.append(est_note)
-    if chans:
-        total = sum(dj)
-        measured = total - estimated
-        avg = total / d if d > 0 else None
-        peak = dict(span._peak)
-        peak_total = max(v for v in (peak.pop("total", None), sum(s.power_w), sum(e.power_w), avg) if v is not None)
-        if d > 0:
-            for comp, ce in by_comp.items():
-                peak[comp] = max(peak.get(comp, 0.0), ce.energy_j / d)
-    else:
-        total = measured = estimated = avg = peak_total = None
-        peak = {}
-        warnings.append("no energy sensor was available: energy not measured (run `python -m meter`)")
-    return Measurement(
-        name=span.name, path=span.path, span_id=span.span_id, parent_id=span.parent_id,
-        depth=span.depth, run_id=run_id, start_utc=utc_iso(s.wall), end_utc=utc_iso(e.wall),
-        duration_s=d, energy_j=total, measured_energy_j=measured, estimated_energy_j=estimated,
-        energy_by_component=by_comp, devices=devices, avg_power_w=avg, peak_power_w=peak_total,
-        peak_power_by_component_w=peak, counts=dict(span.counts), tags=dict(span.tags),
-        interval_s=sampler.interval_s, warnings=tuple(dict.fromkeys(warnings)), thread=span.thread,
-    )

@@ -36,9 +36,6 @@ class FakeClock:
         with self._lock:
             self._t += seconds
 
-    def sleep(self, seconds: float) -> None:
-        self.advance(seconds)
-
 
 class FakeSensor:
     """A sensor with channels whose next values you set: ``values[key] = J or W or Fault``."""

@@ -42,7 +42,7 @@ def one_run(name, run_id, epochs, cache, seconds_per_epoch):
             nv.advance(0.1, dt=0.1)
             for z, w in (("intel-rapl:0", 9.0), ("intel-rapl:1", 6.0), ("intel-rapl:0:1", 0.4), ("intel-rapl:1:0", 0.3)):
                 tree.add(z, w)
-            m.sampler.tick()
+            m.flush()
 
     if cache:
         with m.track("cache_build", samples=2000):

@@ -38,11 +38,11 @@ def test_pre_volta_power_is_integrated_and_labelled(make_nvml, clock):
     # Energy NOT_SUPPORTED: the instant power field (186) is used and integrated by the sampler.
     nv = make_nvml(FakeGPU(uuid=A, energy=False, power_w=lambda t: 100.0 + 50.0 * ((t // 0.5) % 2)))
     with gpu_meter(nv, clock) as m:
-        assert m.start().sampler.channels[0].details["power_source"].startswith("NVML_FI_DEV_POWER_INSTANT")
+        assert m.start()._session.odometer.channels[0].details["power_source"].startswith("NVML_FI_DEV_POWER_INSTANT")
         with m.track("run") as span:
             for _ in range(40):  # 4 s sampled every 0.1 s
                 nv.advance(0.1)
-                m.sampler.tick()
+                m.flush()
     gpu = span.energy_by_component["gpu"]
     assert gpu.provenance == "power-integrated"
     # Truth: half the time 100 W, half 150 W over 4 s = 500 J. The trapezoid between 0.1 s samples
@@ -58,7 +58,7 @@ def test_power_usage_used_when_instant_field_missing(make_nvml, clock):
     with gpu_meter(nv, clock) as m:
         with m.track("run") as span:
             nv.advance(1.0)
-        assert "nvmlDeviceGetPowerUsage" in m.sampler.channels[0].details["power_source"]
+        assert "nvmlDeviceGetPowerUsage" in m._session.odometer.channels[0].details["power_source"]
     assert span.energy_by_component["gpu"].energy_j == pytest.approx(80.0)
 
 
@@ -98,7 +98,7 @@ def test_mig_slice_is_whole_gpu_reading_flagged(make_nvml, clock):
     with gpu_meter(nv, clock, environ={"CUDA_VISIBLE_DEVICES": mig}) as m:
         with m.track("x") as span:
             nv.advance(0.5)
-        ch = m.sampler.channels[0]
+        ch = m._session.odometer.channels[0]
     assert ch.details["index"] == 1 and ch.shared and "MIG" in ch.scope
     assert any("MIG slice" in w and "whole GPU" in w for w in span.warnings)
 
@@ -133,10 +133,10 @@ def test_gpu_lost_mid_run_keeps_energy_so_far(make_nvml, clock):
     with gpu_meter(nv, clock) as m:
         with m.track("train") as span:
             nv.advance(1.0)
-            m.sampler.tick()
+            m.flush()
             nv.gpus[0].fail_code = pynvml.NVML_ERROR_GPU_IS_LOST
             nv.advance(1.0)
-            m.sampler.tick()
+            m.flush()
             nv.advance(1.0)
         with m.track("after") as after:
             nv.advance(1.0)
@@ -145,7 +145,7 @@ def test_gpu_lost_mid_run_keeps_energy_so_far(make_nvml, clock):
     assert per_dev["gpu:1"] == pytest.approx(150.0, rel=1e-6)  # the other GPU is unaffected
     assert any("gpu:0" in w and "GPU is lost" in w for w in span.warnings)
     assert any("gpu:0" in w and "missing" in w for w in after.warnings)
-    assert len([f for f in m.sampler.faults if f.key == "gpu:0"]) == 1  # one record per cause
+    assert len([f for f in m._session.odometer.faults if f.key == "gpu:0"]) == 1  # one record per cause
 
 
 def test_short_span_uses_edge_power_not_zero(make_nvml, clock):
@@ -154,8 +154,8 @@ def test_short_span_uses_edge_power_not_zero(make_nvml, clock):
         with m.track("warmup"):
             for _ in range(100):  # the sampler learns the 100 ms update period
                 nv.advance(0.01)
-                m.sampler.tick()
-        assert m.sampler.update_period_s(0) == pytest.approx(0.09, abs=0.011)
+                m.flush()
+        assert m._session.odometer.period_s(0) == pytest.approx(0.09, abs=0.011)
         e0 = nv.true_energy_j(0)
         with m.track("tiny") as span:
             nv.advance(0.02)
@@ -171,7 +171,7 @@ def test_counter_reset_is_not_negative(make_nvml, clock):
     with gpu_meter(nv, clock) as m:
         with m.track("x") as span:
             nv.advance(1.0)
-            m.sampler.tick()
+            m.flush()
             nv._energy_j[0] = 0.0  # driver reload: the counter restarts from zero
             nv.advance(1.0)
     assert span.energy_j > 0

@@ -62,8 +62,8 @@ def test_several_wraps_inside_one_span(tmp_path, clock):
             for _ in range(7):  # 9 J + 7 x 6 J = 51 J: wraps at 10, 20, 30, 40 and 50 J
                 tree.add("intel-rapl:0", 6.0)
                 clock.advance(0.1)
-                m.sampler.tick()
-        assert m.sampler.wraps[0] == 5
+                m.flush()
+        assert m._session.odometer.wraps[0] == 5
     assert span.energy_by_component["cpu"].energy_j == pytest.approx(42.0, abs=1e-6)
     assert not any("cpu" in w for w in span.warnings)
 
@@ -74,7 +74,7 @@ def test_interval_is_shortened_when_counter_could_wrap_between_ticks(tmp_path, c
     m = meter.Meter(write=False, rapl_root=str(tmp_path), gpus="none", interval_s=1.0)
     m.start()
     try:
-        assert m.sampler.interval_s == pytest.approx(0.0005)
+        assert m._session.interval_s == pytest.approx(0.0005)
         assert any("wrap" in n for n in m.discovery.notes)
     finally:
         m.close()
@@ -143,7 +143,7 @@ def test_root_only_energy_file_gives_hint_and_estimate(tmp_path):
     try:
         u = [u for u in m.discovery.unavailable if u.sensor == "rapl"][0]
         assert u.kind == "permission" and "CVE-2020-8694" in u.hint
-        assert any(c.key == "cpu:estimate" for c in m.sampler.channels)
+        assert any(c.key == "cpu:estimate" for c in m._session.odometer.channels)
     finally:
         m.close()
 
@@ -157,9 +157,9 @@ def test_permission_fault_via_sensor(clock):
         with m.track("run") as span:
             s.values["cpu:package-0"] = 5.0
             clock.advance(1)
-            m.sampler.tick()
+            m.flush()
             s.values["cpu:package-0"] = Fault("RAPL read refused: [Errno 13] Permission denied", PERMISSION_HINT, True)
             clock.advance(1)
     assert span.energy_j == pytest.approx(5.0)
     assert any("Permission denied" in w and "missing" in w for w in span.warnings)
-    assert m.sampler.faults[0].hint == PERMISSION_HINT
+    assert m._session.odometer.faults[0].hint == PERMISSION_HINT

@@ -26,7 +26,7 @@ def test_files_and_load(tmp_path, clock):
     with m.track("train", samples=10, tags={"model": "tiny"}):
         s.values["gpu:0"] = 30.0
         clock.advance(3)
-        m.sampler.tick()
+        m.flush()
         with m.track("epoch-1"):
             s.values["gpu:0"] = 40.0
             clock.advance(1)
@@ -119,13 +119,13 @@ def test_forked_child_neither_samples_nor_writes(tmp_path):
                 with m.track("in-child") as span:
                     time.sleep(0.05)
                 ok = (span.energy_j is None and "forked child" in span.warnings[0]
-                      and not m.sampler.running and m.writer is None)
+                      and not m._session.sampler.running and m._session.writer is None)
                 os.write(w, b"1" if ok else b"0")
             finally:
                 os._exit(0)
         os.waitpid(pid, 0)
         assert os.read(r, 1) == b"1"
-        assert m.sampler.running  # the parent's sampler is untouched
+        assert m._session.sampler.running  # the parent's sampler is untouched
     m.close()
     df = meter.load(m.run_dir)
     assert df["name"].tolist() == ["parent"]

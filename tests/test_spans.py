@@ -120,9 +120,9 @@ def test_exception_inside_span_is_recorded_and_propagates(rig):
     assert span.energy_j == pytest.approx(10.0)
 
 
-def test_threads_have_their_own_trees(clock):
+def test_threads_have_their_own_trees(tmp_path):
     s = FakeSensor.counter("gpu:0", "gpu")
-    m = meter.Meter(write=False, sensors=[s], interval_s=0.01)
+    m = meter.Meter(output_dir=str(tmp_path / "runs"), sensors=[s], interval_s=0.01)
     out = {}
     barrier = threading.Barrier(4)
 
@@ -143,8 +143,9 @@ def test_threads_have_their_own_trees(clock):
     for k, (outer, inner) in out.items():
         assert inner.path == f"worker-{k}/step"
         assert inner.result.parent_id == outer.result.span_id
-    assert len(m.results) == 4 * 51  # every span reached the record, none twice
-    assert len({r.span_id for r in m.results}) == 4 * 51
+    df = meter.load(m.run_dir)
+    assert len(df) == 4 * 51 and df["span_id"].nunique() == 4 * 51  # every span on disk, none twice
+    assert df.attrs["problems"] == []
 
 
 def test_module_level_track_uses_lazy_default_meter(tmp_path, monkeypatch):
@@ -175,7 +176,7 @@ def test_failing_sensor_never_raises_into_user_code(rig, clock):
     bad = m.discovery.sensors[0]
     with m.track("x") as span:
         spend(1)
-        m.sampler.tick()
+        m.flush()
         bad.raise_on_read = OSError("device vanished")
         spend(1)
     assert span.energy_j == pytest.approx(10.0)
@@ -189,6 +190,6 @@ def test_peak_power_from_timeline(rig):
         for w in (10, 10, 50, 10):
             s.values["gpu:0"] += w * 1.0
             m.clock.advance(1.0)
-            m.sampler.tick()
+            m.flush()
     # power per tick, from the counter's rate over its recent changes, peaks during the 50 W second.
     assert span.peak_power_w > span.avg_power_w == pytest.approx(20.0)

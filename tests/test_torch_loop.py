@@ -33,17 +33,19 @@ def test_flops_forward_and_backward(m):
     assert span.result.counts["flops"] == 3 * 2 * 5 * 8 * 4
 
 
-def test_counted_loop_sums_samples_tokens_and_opens_every_n(m):
+def test_counted_loop_sums_samples_tokens_and_opens_every_n(tmp_path):
+    m = meter.Meter(output_dir=str(tmp_path), sensors=[FakeSensor.counter()], interval_s=3600)
     data = [{"input_ids": torch.ones(4, 10, dtype=torch.long), "attention_mask": torch.tensor([[1] * 10, [1] * 5 + [0] * 5, [1] * 3 + [0] * 7, [1] * 10])}
             for _ in range(7)]
     with m.track("epoch") as ep:
         for _batch in counted(data, every=3):
             pass
     assert ep.result.counts == {"samples": 28, "tokens": 28 * 7}
-    m.flush()
-    children = [r for r in m.results if r.parent_id == ep.result.span_id]
-    assert [r.name for r in children] == ["steps-0-2", "steps-3-5", "steps-6-8"]
-    assert [r.counts["samples"] for r in children] == [12, 12, 4]
+    m.close()
+    df = meter.load(m.run_dir)
+    children = df[df["parent_id"] == ep.result.span_id]
+    assert children["name"].tolist() == ["steps-0-2", "steps-3-5", "steps-6-8"]
+    assert children["samples"].tolist() == [12, 12, 4]
 
 
 def test_batch_counts_shapes():

@@ -129,18 +129,50 @@ def emissions_g(energy_j: float, intensity: Intensity, pue: float = 1.0) -> floa
 
 
 def emissions_over(times_s: Sequence[float], energy_j: Sequence[float], intensity: Intensity, pue: float = 1.0) -> float:
-    """Time-resolved gCO2eq: for each interval of a cumulative-energy timeline (UTC epoch seconds,
-    cumulative joules), the interval's energy times the intensity at the interval's midpoint,
-    times PUE. With a static intensity this equals ``emissions_g(total energy)``."""
+    """Time-resolved gCO2eq of a cumulative-energy timeline (UTC epoch seconds, cumulative
+    joules): each interval's energy, spread evenly over the interval, meets the intensity of each
+    part of it (intervals are split where the intensity series changes), times PUE. With a static
+    intensity this equals ``emissions_g(total energy)``."""
     if len(times_s) != len(energy_j):
         raise ValueError("times_s and energy_j must have the same length")
     if pue < 1.0:
         raise CarbonError(f"pue={pue}: must be >= 1")
+    edges = sorted({x for a, b, _g in intensity.series for x in (a, b)})
     total = 0.0
     for i in range(1, len(times_s)):
+        a, b = times_s[i - 1], times_s[i]
         de = energy_j[i] - energy_j[i - 1]
-        total += j_to_kwh(de) * intensity.at((times_s[i] + times_s[i - 1]) / 2)
+        if b <= a:
+            total += j_to_kwh(de) * intensity.at(a)
+            continue
+        cuts = [a] + [x for x in edges[bisect.bisect_right(edges, a):bisect.bisect_left(edges, b)]] + [b]
+        for u, v in zip(cuts, cuts[1:], strict=False):
+            total += j_to_kwh(de * (v - u) / (b - a)) * intensity.at((u + v) / 2)
     return total * pue
 
 
-__all__ = ["Intensity", "resolve", "check_region", "regions", "emissions_g", "emissions_over", "world_default", "CarbonError"]
+def span_emissions_g(t0: float, t1: float, energy_j: float, intensity: Intensity, pue: float = 1.0,
+                     times: Sequence[float] = (), cum_j: Sequence[float] = ()) -> float:
+    """gCO2eq of ``energy_j`` (IT energy) spent between UTC epoch seconds ``t0`` and ``t1``.
+
+    The one function behind ``span.emissions_g``, ``meter.load`` and the cards. With a static
+    intensity it is kWh x PUE x intensity. Where intensity varies over time, the span's energy
+    is spread over its window following the cumulative-energy points ``(times, cum_j)`` that
+    fall inside it (the run's samples, or the Meter's minute timeline in-process): linear
+    between them, at their average rate before the first and after the last, evenly when there
+    are fewer than two; then each piece meets the intensity of its moment."""
+    if not intensity.series:
+        return emissions_g(energy_j, intensity, pue)
+    pts = [(t, c) for t, c in zip(times, cum_j, strict=False) if t0 < t < t1]
+    if len(pts) < 2 or pts[-1][1] <= pts[0][1] or pts[-1][0] <= pts[0][0]:
+        return emissions_over([t0, t1], [0.0, energy_j], intensity, pue)
+    ts = [t for t, _ in pts]
+    cum = [c for _, c in pts]
+    rate = (cum[-1] - cum[0]) / (ts[-1] - ts[0])
+    head = rate * (ts[0] - t0)
+    shape = [0.0] + [head + c - cum[0] for c in cum] + [head + cum[-1] - cum[0] + rate * (t1 - ts[-1])]
+    scale = energy_j / shape[-1] if shape[-1] > 0 else 0.0
+    return emissions_over([t0] + ts + [t1], [x * scale for x in shape], intensity, pue)
+
+
+__all__ = ["Intensity", "span_emissions_g", "resolve", "check_region", "regions", "emissions_g", "emissions_over", "world_default", "CarbonError"]

@@ -272,12 +272,10 @@ def live_points(provider: str, zone: str, start: float, end: float, *, token: st
     return pts, meta
 
 
-def live_intensity(provider: str, zone: str, start: float, end: float, **kw: Any):
-    """An :class:`~meter.carbon.Intensity` with a time series for [start, end]. Raises CarbonError."""
+def intensity_from_points(pts: list, meta: dict, zone: str, start: float, end: float):
+    """An :class:`~meter.carbon.Intensity` with a time series from provider points."""
     from . import Intensity
 
-    pts, meta = live_points(provider, zone, start, end, **kw)
-    pts = sorted(pts)
     # Time-weighted mean over the overlap with the window, for energy outside any point.
     num = den = 0.0
     for a, b, g, _m in pts:
@@ -286,9 +284,16 @@ def live_intensity(provider: str, zone: str, start: float, end: float, **kw: Any
         den += w
     mean = num / den if den > 0 else sum(p[2] for p in pts) / len(pts)
     year = datetime.fromtimestamp(start, tz=timezone.utc).year
-    return Intensity(zone=zone, name=f"{zone} ({meta['provider']})", g_per_kwh=mean, source=meta["provider"],
-                     year=year, kind=meta["kind"], factor=meta["factor"], method="live", note=meta.get("note", ""),
+    return Intensity(zone=zone, name=f"{zone} ({meta.get('provider', 'live')})", g_per_kwh=mean,
+                     source=meta.get("provider", "live"), year=year, kind=meta.get("kind", "average"),
+                     factor=meta.get("factor", "unspecified"), method="live", note=meta.get("note", ""),
                      series=tuple((a, b, g) for a, b, g, _m in pts))
+
+
+def live_intensity(provider: str, zone: str, start: float, end: float, **kw: Any):
+    """An :class:`~meter.carbon.Intensity` with a time series for [start, end]. Raises CarbonError."""
+    pts, meta = live_points(provider, zone, start, end, **kw)
+    return intensity_from_points(sorted(pts), meta, zone, start, end)
 
 
 def with_fallback(provider: str, zone: str, start: float, end: float, offline_intensity, **kw: Any):

@@ -34,28 +34,29 @@ def run_intensity(run: Run, *, live: bool = True, session: Any = None) -> carbon
     return with_fallback(provider, zone or base.zone, min(times), max(ends or times), base, session=session)
 
 
-def _span_emissions(row: dict, intensity: carbon.Intensity, pue: float, samples) -> float | None:
+def _span_emissions(row: dict, intensity: carbon.Intensity, pue: float, shape: tuple | None) -> float | None:
+    """A span's gCO2eq through :func:`meter.carbon.span_emissions_g`, shaped by the run's samples."""
     e = row.get("energy_j")
-    if e is None:
+    if e is None or not row.get("start_utc"):
         return None
-    if not intensity.series or samples is None or samples.empty or not row.get("end_utc"):
-        mid = (parse_utc_iso(row["start_utc"]) + parse_utc_iso(row["end_utc"])) / 2 if row.get("end_utc") else None
-        g = intensity.at(mid) if mid is not None else intensity.g_per_kwh
-        return carbon.emissions_g(e, carbon.Intensity(intensity.zone, intensity.name, g, intensity.source, intensity.year), pue)
-    t0, t1 = parse_utc_iso(row["start_utc"]), parse_utc_iso(row["end_utc"])
-    inside = samples[(samples["t_wall_s"] > t0) & (samples["t_wall_s"] < t1)]
-    energy_cols = [c for c in samples.columns if c.endswith(":energy_j")]
-    ts = inside["t_wall_s"].tolist()
-    cum = inside[energy_cols].sum(axis=1).tolist()
-    if len(ts) < 2 or cum[-1] <= cum[0] or ts[-1] <= ts[0]:
-        return carbon.emissions_over([t0, t1], [0.0, e], intensity, pue)
-    # Between samples, energy follows what the counters saw; before the first and after the last
-    # sample, the average rate between them. Then everything is scaled to the span's energy.
-    rate = (cum[-1] - cum[0]) / (ts[-1] - ts[0])
-    head = rate * (ts[0] - t0)
-    shape = [0.0] + [head + c - cum[0] for c in cum] + [head + cum[-1] - cum[0] + rate * (t1 - ts[-1])]
-    scale = e / shape[-1]
-    return carbon.emissions_over([t0] + ts + [t1], [x * scale for x in shape], intensity, pue)
+    try:
+        t0 = parse_utc_iso(row["start_utc"])
+        t1 = parse_utc_iso(row["end_utc"]) if row.get("end_utc") else t0
+    except (TypeError, ValueError):
+        return None
+    times, cum = shape if shape is not None else ((), ())
+    return carbon.span_emissions_g(t0, t1, e, intensity, pue, times, cum)
+
+
+def _shape(run: Run) -> tuple[list, list]:
+    """(walls, total cumulative joules) of the run's samples."""
+    from ..runread import read_samples
+
+    header, rows = read_samples(run.run_dir, run.problems)
+    if not header:
+        return [], []
+    cols = [i for i, h in enumerate(header) if h.endswith(":energy_j")]
+    return [r[0] for r in rows], [sum(r[i] for i in cols) for r in rows]
 
 
 def load(paths, *, live: bool = True, session: Any = None):
@@ -70,7 +71,6 @@ def load(paths, *, live: bool = True, session: Any = None):
     rows, problems, runs = [], [], []
     for d in find_runs(paths):
         run = read_run(d)
-        problems.extend(run.problems)
         runs.append(run.info)
         cfg = run.info.get("config") or {}
         pue = float(cfg.get("pue") or 1.0)
@@ -79,13 +79,13 @@ def load(paths, *, live: bool = True, session: Any = None):
         except carbon.CarbonError as exc:
             problems.append(f"{d}: no carbon intensity ({exc})")
             inten = None
-        samples = run.samples() if inten is not None and inten.series else None
+        shape = _shape(run) if inten is not None and inten.series else None
         for row in span_rows(run):
             row["pue"] = pue
             e = row.get("energy_j")
             row["facility_energy_j"] = e * pue if e is not None else None
             if inten is not None:
-                row["emissions_g"] = _span_emissions(row, inten, pue, samples)
+                row["emissions_g"] = _span_emissions(row, inten, pue, shape)
                 row["intensity_g_per_kwh"] = inten.g_per_kwh
                 row["intensity_zone"] = inten.zone
                 row["intensity_name"] = inten.name
@@ -96,6 +96,7 @@ def load(paths, *, live: bool = True, session: Any = None):
                 row["intensity_method"] = inten.method
                 row["intensity_note"] = inten.note
             rows.append(row)
+        problems.extend(run.problems)
     df = pd.DataFrame(rows)
     for col in SPAN_COLUMNS:
         if col not in df.columns:

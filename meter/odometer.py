@@ -1,0 +1,331 @@
+"""Readings become cumulative joules per channel: the *odometers*.
+
+Energy counters add their deltas (wraps and resets corrected in :mod:`meter.counters`); power
+channels add the trapezoid between consecutive readings; estimated channels follow the same
+rules. A span's energy is then the difference of two snapshots read at its edges. Coarse
+counters (NVML's energy counter moves about every 100 ms) learn their update period and grid,
+and have their instantaneous power polled and integrated, so that the energy a reading lags
+behind can be added back (see :mod:`meter.energy`).
+
+All state is behind one lock, taken by span boundaries (user threads) and the sampler thread.
+Sensor faults are recorded once per cause and never raise.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from .counters import PeriodLearner, PowerIntegral, UpdateGrid, counter_delta
+from .sensors import COUNTER, POWER_INTEGRATED, Channel, Fault
+
+log = logging.getLogger("meter")
+
+#: A counter's power is its rate over its last this-many changes, so the jitter between an
+#: update and our first sight of it averages out (about 1 s at NVML's 100 ms period).
+POWER_WINDOW_CHANGES = 10
+#: Counters whose learned update period is at least this long (NVML's ~100 ms) also have their
+#: instantaneous power read, to correct spans shorter than one update.
+AUX_POWER_MIN_PERIOD_S = 0.005
+#: Polled-power points kept per coarse counter: at ~20 ms, about two update periods of history.
+PINT_HISTORY = 16
+#: The coarse energy timeline (for time-resolved emissions in-process) keeps one point this often.
+TIMELINE_STEP_S = 60.0
+TIMELINE_POINTS = 7 * 24 * 60
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Odometer state at one instant; per-channel tuples follow ``Odometer.channels``."""
+
+    t: float  # monotonic seconds
+    wall: float  # UTC epoch seconds
+    energy_j: tuple
+    power_w: tuple
+    n_faults: int
+    # Per channel: joules the counter's reading lags ``t`` by (energy since its last update, for
+    # coarse counters with a learned grid), else None. None when no channel has one.
+    lag_j: tuple | None = None
+    # Per channel: joules integrated from polled instantaneous power (coarse counters), else None.
+    pint_j: tuple | None = None
+    # Per channel: the counter's update period as known at this instant (0.0: unknown/continuous).
+    period_s: tuple = ()
+
+
+@dataclass(frozen=True)
+class FaultRecord:
+    """A sensor fault, recorded once per (channel, reason)."""
+
+    t: float
+    wall: float
+    key: str
+    reason: str
+    hint: str
+    permanent: bool
+
+
+class _Chan:
+    """Per-channel state of one odometer."""
+
+    __slots__ = ("raw", "odo", "power", "seen_t", "last_t", "before_t", "changes", "alive", "learner", "grid",
+                 "pint", "declared", "wrap", "is_energy", "learns")
+
+    def __init__(self, ch: Channel):
+        self.raw = None
+        self.odo = 0.0
+        self.power = 0.0
+        self.seen_t = 0.0  # when the current counter value was first seen
+        self.last_t = 0.0  # when the counter was last read
+        self.before_t = 0.0  # the last read that still showed the previous value
+        self.changes: deque = deque(maxlen=POWER_WINDOW_CHANGES)
+        self.alive = True
+        self.is_energy = ch.mode == "energy"
+        self.declared = ch.details.get("update_period_s")
+        # Periods are learned for hardware counters only: an estimate's CPU-time input has a
+        # known 10 ms tick and flat stretches that mean "idle".
+        self.learns = self.is_energy and ch.provenance == COUNTER and self.declared is None
+        self.learner = PeriodLearner() if self.learns else None
+        self.grid: UpdateGrid | None = None
+        self.pint: PowerIntegral | None = None
+        self.wrap = ch.wrap_j or 0.0
+
+    @property
+    def period_s(self) -> float:
+        if self.declared is not None:
+            return float(self.declared)
+        return self.learner.period_s if self.learner is not None else 0.0
+
+
+class Odometer:
+    """Cumulative joules per channel of ``sensors``, read under one lock."""
+
+    def __init__(self, sensors: Sequence, clock):
+        self.lock = threading.Lock()
+        self.clock = clock
+        self._sensors = tuple(sensors)
+        chans: list[Channel] = []
+        starts = []
+        for s in self._sensors:
+            starts.append(len(chans))
+            chans.extend(s.channels)
+        self.channels: tuple[Channel, ...] = tuple(chans)
+        self._starts = tuple(starts)
+        self._c = [_Chan(c) for c in self.channels]
+        self._fast = tuple((i, s) for i, s in enumerate(self._sensors)
+                           if any(c.mode == "power" and c.provenance == POWER_INTEGRATED for c in s.channels))
+        self._learning = tuple((i, s) for i, s in enumerate(self._sensors)
+                               if any(self._c[self._starts[i] + k].learns for k in range(len(s.channels))))
+        self._aux: dict[int, list[int]] = {}  # sensor index -> coarse channels needing instant power
+        self._periods = tuple(c.period_s for c in self._c)
+        self.faults: list[FaultRecord] = []
+        self._fault_keys: set[tuple[str, str]] = set()
+        self.wraps = [0] * len(self.channels)
+        self.timeline: deque = deque(maxlen=TIMELINE_POINTS)  # (wall, total joules), one a minute
+        self.on_fault: Callable[[FaultRecord], None] | None = None
+
+    # -- what the sampler needs to know ----------------------------------------------------
+    @property
+    def has_fast(self) -> bool:
+        """Power-only channels or coarse counters' power, polled between full ticks."""
+        return bool(self._fast or self._aux)
+
+    @property
+    def learning(self) -> bool:
+        """Some counter's update period (or grid) is still being learned."""
+        return any(c.learns and c.alive and (not c.learner.known or (c.grid is not None and not c.grid.ready))
+                   for c in self._c)
+
+    def counters_moved(self, first: list) -> bool:
+        return [c.raw for c in self._c if c.learns] != first
+
+    def learning_values(self) -> list:
+        return [c.raw for c in self._c if c.learns]
+
+    def grid_points(self) -> dict[int, int]:
+        return {i: len(c.grid.points) for i, c in enumerate(self._c) if c.grid is not None and c.alive}
+
+    def period_s(self, i: int) -> float:
+        return self._c[i].period_s
+
+    # -- reading ---------------------------------------------------------------------------
+    def read(self) -> Snapshot:
+        with self.lock:
+            return self.read_locked()
+
+    def read_locked(self) -> Snapshot:
+        """Read every sensor now. The caller holds :attr:`lock`."""
+        t = self.clock.monotonic()
+        wall = self.clock.wall()
+        for si, s in enumerate(self._sensors):
+            self._update(t, wall, _read(s), self._starts[si])
+        lag = pint = None
+        if self._aux:
+            self._read_aux(t)
+            lag = tuple(self._lag(c, t) for c in self._c)
+            pint = tuple(c.pint.value if c.pint is not None else 0.0 for c in self._c)
+        c = self._c
+        return Snapshot(t, wall, tuple([x.odo for x in c]), tuple([x.power for x in c]), len(self.faults), lag, pint,
+                        self._periods)
+
+    def note_timeline(self, snap: Snapshot) -> None:
+        """Keep one (wall, total J) point a minute, for emissions of long spans in-process."""
+        tl = self.timeline
+        if not tl or snap.wall - tl[-1][0] >= TIMELINE_STEP_S:
+            tl.append((snap.wall, sum(snap.energy_j)))
+
+    def read_fast(self) -> None:
+        """Between full ticks: power-only sensors, and coarse counters' instantaneous power."""
+        with self.lock:
+            t = self.clock.monotonic()
+            wall = self.clock.wall()
+            for si, s in self._fast:
+                self._update(t, wall, _read(s), self._starts[si])
+            if self._aux:
+                self._read_aux(t)
+
+    def read_counters(self) -> None:
+        """Probe: read only the sensors whose counters are learning their update period."""
+        with self.lock:
+            t = self.clock.monotonic()
+            wall = self.clock.wall()
+            for si, s in self._learning:
+                self._update(t, wall, _read(s), self._starts[si])
+
+    def _update(self, t: float, wall: float, values, base: int) -> None:
+        for i, v in enumerate(values, base):
+            c = self._c[i]
+            if not c.alive:
+                continue
+            if isinstance(v, Fault):
+                self._fault(t, wall, i, v)
+                continue
+            if not isinstance(v, (int, float)) or not (v - v == 0.0):  # NaN, infinity, garbage
+                self._fault(t, wall, i, Fault(f"{self.channels[i].key}: sensor returned {v!r}; reading ignored"))
+                continue
+            if c.is_energy:
+                self._energy(t, wall, i, c, v)
+            else:
+                # Trapezoid from this channel's own last good reading (a transient fault leaves a gap).
+                if c.raw is not None:
+                    c.odo += (c.raw + v) * 0.5 * (t - c.seen_t)
+                c.raw = v
+                c.seen_t = t
+                c.power = v
+
+    def _energy(self, t: float, wall: float, i: int, c: _Chan, v: float) -> None:
+        prev = c.raw
+        c.raw = v
+        last_t, c.last_t = c.last_t, t
+        if prev is None:
+            c.seen_t = t
+            c.changes.append((t, 0.0))
+            return
+        if v == prev:
+            if c.learns and c.power > 0:
+                c.learner.unchanged(t - c.seen_t)
+            return
+        delta, event = counter_delta(prev, v, c.wrap)
+        if event == "wrap":
+            self.wraps[i] += 1
+        elif event == "reset":
+            self._fault(t, wall, i, Fault(
+                f"{self.channels[i].key}: counter went backwards without a wrap range "
+                "(driver reload?); counting its new value as the energy since",
+                "avoid reloading the GPU driver during a measured run",
+            ))
+        c.odo += delta
+        if c.learns:
+            if c.learner.changed():
+                self._periods = tuple(x.period_s for x in self._c)
+                self._maybe_aux(i, c)
+            elif c.learner.known:
+                p = c.learner.period_s
+                if p != self._periods[i]:
+                    self._periods = tuple(x.period_s for x in self._c)
+            if c.grid is not None:
+                c.grid.observe(last_t, t, c.period_s)
+            c.before_t = last_t
+        c.changes.append((t, c.odo))
+        t0, e0 = c.changes[0]
+        if t > t0:
+            c.power = (c.odo - e0) / (t - t0)
+        c.seen_t = t
+
+    def _maybe_aux(self, i: int, c: _Chan) -> None:
+        if c.period_s < AUX_POWER_MIN_PERIOD_S:
+            return
+        c.grid = UpdateGrid()
+        c.pint = PowerIntegral(PINT_HISTORY)
+        for si, sensor in enumerate(self._sensors):
+            base = self._starts[si]
+            if base <= i < base + len(sensor.channels) and hasattr(sensor, "read_power"):
+                self._aux.setdefault(si, []).append(i)
+
+    def _read_aux(self, t: float) -> None:
+        """Instantaneous power of coarse counters replaces the rate derived from the counter and
+        is integrated into a power odometer for spans too short for the counter."""
+        for si, idx in self._aux.items():
+            try:
+                p = self._sensors[si].read_power()
+            except Exception:  # noqa: BLE001 - a refinement only: the derived rate stays in place
+                continue
+            base = self._starts[si]
+            for i in idx:
+                v = p[i - base]
+                c = self._c[i]
+                if isinstance(v, float) and c.alive:
+                    c.power = v
+                    c.pint.add(t, v)
+
+    def _age(self, c: _Chan, t: float) -> float | None:
+        """How long a coarse counter's reading lags ``t``: from its update grid, kept consistent
+        with what the reads saw (the value last changed between ``before_t`` and ``seen_t``), so a
+        small phase error near an update never shifts a span by a whole update."""
+        g = c.grid
+        if g is None or not g.ready:
+            return None
+        age = g.age(t)
+        lo, hi = t - c.seen_t, t - c.before_t
+        while age < lo:
+            age += g.period
+        while age > hi and age - g.period >= 0.0:
+            age -= g.period
+        return age
+
+    def _lag(self, c: _Chan, t: float) -> float | None:
+        age = self._age(c, t)
+        if age is None:
+            return None
+        return c.pint.since(t - age, t, c.power)
+
+    def _fault(self, t: float, wall: float, i: int, fault: Fault) -> None:
+        c = self._c[i]
+        if fault.permanent:
+            c.alive = False
+            c.power = 0.0
+        key = self.channels[i].key
+        ident = (key, fault.reason)
+        if ident in self._fault_keys:
+            return
+        self._fault_keys.add(ident)
+        rec = FaultRecord(t, wall, key, fault.reason, fault.hint, fault.permanent)
+        self.faults.append(rec)
+        log.warning("meter: %s%s", fault.reason, f" ({fault.hint})" if fault.hint else "")
+
+    def close(self) -> None:
+        """Close every sensor (NVML shutdown, RAPL descriptors). Never raises."""
+        for s in self._sensors:
+            try:
+                s.close()
+            except Exception:  # noqa: BLE001 - closing a broken sensor is best effort
+                log.debug("meter: closing sensor %s failed", getattr(s, "name", s), exc_info=True)
+
+
+def _read(sensor) -> tuple:
+    try:
+        return sensor.read()
+    except Exception as exc:  # noqa: BLE001 - a broken sensor must not break training
+        return (Fault(f"{sensor.name} sensor raised {type(exc).__name__}: {exc}"),) * len(sensor.channels)

@@ -1,0 +1,97 @@
+"""Span bookkeeping: which spans are open (and the peak power seen while they are), which closed
+spans wait to be written, and the records the sampler thread writes for them.
+
+``opened``, ``closed`` and ``observe`` run under the odometer's lock (a span's boundary read and
+the sampler's tick take it), so a span's peak is exactly the highest power of the ticks between
+its two reads. Everything else runs on the sampler thread, except :meth:`queue`, a deque append.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any, Sequence
+
+from .clock import utc_iso
+
+
+class Recorder:
+    def __init__(self, channels: Sequence):
+        comps: dict[str, list[int]] = {}
+        for i, c in enumerate(channels):
+            comps.setdefault(c.component, []).append(i)
+        self._comps = tuple((k, tuple(v)) for k, v in comps.items())
+        self._open: dict[int, Any] = {}
+        self._closed: deque = deque()
+        self.dirty = False  # the set of open spans changed since the last heartbeat
+
+    # -- under the odometer lock ---------------------------------------------------------------
+    def opened(self, span) -> None:
+        span._peak = {}
+        self._open[span.span_id] = span
+        self.dirty = True
+
+    def closed(self, span) -> dict[str, float]:
+        """Forget an open span; its peak power so far, to freeze into its result."""
+        self._open.pop(span.span_id, None)
+        self.dirty = True
+        return dict(span._peak)
+
+    def observe(self, snap) -> None:
+        """A tick's snapshot: raise the peak power of every span open at its moment."""
+        if not self._open:
+            return
+        power = snap.power_w
+        comp = [(k, sum(power[i] for i in idx)) for k, idx in self._comps]
+        total = sum(power)
+        for span in self._open.values():
+            if snap.t < span._start.t:
+                continue
+            peak = span._peak
+            if total > peak.get("total", -1.0):
+                peak["total"] = total
+            for k, p in comp:
+                if p > peak.get(k, -1.0):
+                    peak[k] = p
+
+    def open_state(self) -> list[dict]:
+        """Heartbeat entries of the open spans (call under the lock; a shallow copy)."""
+        out = []
+        for s in list(self._open.values()):
+            st = s._start
+            out.append({
+                "span_id": s.span_id, "name": s.name, "path": s.path, "parent_id": s.parent_id, "depth": s.depth,
+                "thread": s.thread, "start_utc": utc_iso(st.wall), "start_t": st.t, "start_energy_j": list(st.energy_j),
+                "counts": dict(s.counts), "tags": dict(s.tags),
+            })
+        return out
+
+    def open_spans(self) -> list:
+        return list(self._open.values())
+
+    # -- any thread ----------------------------------------------------------------------------
+    def queue(self, span) -> None:
+        self._closed.append((span, time.monotonic()))
+
+    def backlog_age_s(self) -> float:
+        """How long the oldest closed-but-unwritten span has waited (0 when none)."""
+        q = self._closed
+        if not q:
+            return 0.0
+        try:
+            return time.monotonic() - q[0][1]
+        except IndexError:  # drained meanwhile
+            return 0.0
+
+    @property
+    def backlog(self) -> int:
+        return len(self._closed)
+
+    # -- the sampler thread --------------------------------------------------------------------
+    def take_closed(self) -> list:
+        """Every closed span queued so far, oldest first."""
+        q = self._closed
+        out = []
+        while q:
+            out.append(q.popleft()[0])
+        return out

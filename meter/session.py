@@ -1,0 +1,231 @@
+"""One measuring run of a Meter: sensors, odometer, recorder, sampler and run log, opened
+together (undone together if any part fails) and closed together.
+
+The span boundaries (user threads) do one locked read each and a queue append; the tick (the
+sampler thread) does everything else: peaks, records, the heartbeat and every write.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from contextlib import ExitStack
+from typing import Any
+
+from .clock import utc_iso
+from .energy import make_plan
+from .odometer import Odometer
+from .recorder import Recorder
+from .sampler import Sampler
+from .spans import RunContext, open_view
+
+log = logging.getLogger("meter")
+
+#: A closed span may wait at most about one sampling interval to be written: past that, the
+#: thread that closes a span waits (up to this long) for the sampler to write the backlog.
+BACKPRESSURE_WAIT_S = 1.0
+
+
+class Session:
+    """The parts of one run. Built by :func:`open_session`."""
+
+    def __init__(self, discovery, odometer: Odometer, interval_s: float, run_id: str, writer, info: dict):
+        self.discovery = discovery
+        self.odometer = odometer
+        self.recorder = Recorder(odometer.channels)
+        self.writer = writer
+        self.run_id = run_id
+        self.run_dir = writer.run_dir if writer is not None else None
+        self.info = info
+        self.interval_s = interval_s
+        self.ctx = RunContext(make_plan(odometer.channels), odometer.faults, run_id, interval_s)
+        self.sampler = Sampler(odometer, interval_s, self.tick, on_first_error=self._record_error)
+        self.last = odometer.read()
+        self.dropped_records = 0
+
+    # -- span boundaries (user threads) --------------------------------------------------------
+    def enter(self, span) -> None:
+        span.ctx = self.ctx
+        odo = self.odometer
+        with odo.lock:
+            span._start = odo.read_locked()
+            self.recorder.opened(span)
+
+    def exit(self, span) -> bool:
+        """Close ``span`` with a read now. False if it was already closed (by ``close``)."""
+        odo = self.odometer
+        with odo.lock:
+            if span._end is not None:
+                return False
+            end = odo.read_locked()
+            peak = self.recorder.closed(span)
+            with span._lock:
+                span._peak = peak
+                span._end = end
+        rec = self.recorder
+        rec.queue(span)
+        if rec.backlog_age_s() > self.interval_s:
+            self.sampler.request_tick(wait=True, timeout=BACKPRESSURE_WAIT_S)
+        return True
+
+    def snapshot(self, span):
+        odo = self.odometer
+        if odo.lock.acquire(timeout=0.05):
+            try:
+                end = odo.read_locked()
+                peak = dict(span._peak)
+            finally:
+                odo.lock.release()
+        else:  # the lock is held long (a hung sensor): the last tick's figures, never a hang
+            end, peak = self.last, dict(span._peak)
+        if end.t < span._start.t:
+            end = span._start
+        return open_view(span, end, peak)
+
+    def timeline(self, t0: float, t1: float) -> tuple[list, list]:
+        """(walls, cumulative joules) of the minute timeline inside [t0, t1], copied under the lock."""
+        with self.odometer.lock:
+            pts = [p for p in self.odometer.timeline if t0 < p[0] < t1]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    # -- the sampler thread --------------------------------------------------------------------
+    def tick(self) -> None:
+        odo, rec = self.odometer, self.recorder
+        with odo.lock:
+            snap = odo.read_locked()
+            rec.observe(snap)
+            odo.note_timeline(snap)
+            beat = None
+            if rec.dirty and self.writer is not None:
+                beat = rec.open_state()
+                rec.dirty = False
+        self.last = snap
+        closed = rec.take_closed()
+        w = self.writer
+        if w is None:
+            return
+        w.append_spans(self._records(closed))
+        w.append_sample(snap)
+        w.write_pending()
+        if beat is not None:  # after the spans it no longer lists are on disk
+            w.heartbeat(beat, snap)
+
+    def _records(self, spans) -> list[dict]:
+        out = []
+        for s in spans:
+            try:
+                out.append(s.result.to_dict())
+            except Exception:  # noqa: BLE001 - one bad record must not cost the others
+                self.dropped_records += 1
+                if self.dropped_records == 1:
+                    log.exception("meter: the record of span %r could not be built; it is not in the run log", s.path)
+        return out
+
+    def _record_error(self) -> None:
+        if self.writer is not None:
+            self.writer.write_run({**self.info, "tick_errors": self.sampler.tick_errors,
+                                   "first_tick_error": self.sampler.first_error})
+
+    # -- close ---------------------------------------------------------------------------------
+    def close(self, timeout_s: float, extra_info: dict) -> None:
+        """Stop the thread (its final tick writes what was queued), measure spans still open
+        from a final read, write everything, then close the sensors. Never raises."""
+        joined = self.sampler.stop(timeout_s)
+        odo, rec = self.odometer, self.recorder
+        got = odo.lock.acquire(timeout=timeout_s if joined else 0.2)
+        try:
+            final = odo.read_locked() if got else self.last
+            left_open = rec.open_spans()
+            for span in left_open:
+                peak = rec.closed(span)
+                with span._lock:
+                    span._peak = peak
+                    span._status = "incomplete"
+                    span._notes = ("incomplete: the Meter closed while this span was open",)
+                    span._end = final
+        finally:
+            if got:
+                odo.lock.release()
+        if left_open:
+            log.warning("meter: %d span(s) still open at close recorded as incomplete: %s", len(left_open),
+                        ", ".join(repr(s.path) for s in left_open[:5]))
+        w = self.writer
+        if w is not None:
+            w.append_spans(self._records(rec.take_closed() + left_open))
+            w.append_sample(final)
+            info = {**self.info, **extra_info, "ended_utc": utc_iso(final.wall),
+                    "faults": [f.__dict__ for f in odo.faults],
+                    "wraps": dict(zip([c.key for c in odo.channels], odo.wraps, strict=True)),
+                    "learned_update_period_s": {c.key: odo.period_s(i) for i, c in enumerate(odo.channels) if c.mode == "energy"},
+                    "ticks": self.sampler.ticks, "tick_errors": self.sampler.tick_errors,
+                    "first_tick_error": self.sampler.first_error, "records_dropped": self.dropped_records}
+            w.write_pending(force=True)
+            if w.fault is not None:
+                info["disk_fault"] = w.fault
+            w.write_run(info)
+            w.close(remove_heartbeat=w.pending_bytes == 0)
+        if joined:
+            odo.close()
+
+    def after_fork_child(self) -> None:
+        self.sampler.forget_thread()
+        import threading
+
+        self.odometer.lock = threading.Lock()
+        if self.writer is not None:
+            self.writer.abandon()
+            self.writer = None
+
+
+def run_info(session_parts: dict[str, Any]) -> dict[str, Any]:
+    """What run.json says first: identity, configuration, channels, what was not available."""
+    from .hardware import describe_host
+
+    d = session_parts["discovery"]
+    odo = session_parts["odometer"]
+    return {
+        "run_id": session_parts["run_id"], "run_name": session_parts["run_name"],
+        "started_utc": session_parts["started_utc"], "config": session_parts["config"].describe(),
+        "channels": [c.describe() for c in odo.channels], "unavailable": [u.describe() for u in d.unavailable],
+        "notes": list(d.notes), "interval_s": session_parts["interval_s"], "host": describe_host(d),
+        "pid": os.getpid(), "argv": list(sys.argv), "distributed": session_parts["distributed"],
+    }
+
+
+def open_session(*, config, clock, discovery_fn, write: bool, run_id: str, run_name: str | None,
+                 interval_fn, distributed: dict | None) -> Session:
+    """Open sensors, the odometer and the run log, write run.json and the first sample, start
+    the thread. On any failure everything opened so far is closed again and the error raised."""
+    from .runlog import RunWriter, make_run_dir
+
+    with ExitStack() as stack:
+        discovery = discovery_fn()
+        for s in discovery.sensors:
+            stack.callback(_close_quietly, s)
+        odometer = Odometer(discovery.sensors, clock)
+        interval = interval_fn(discovery)
+        writer = None
+        started = utc_iso(clock.wall())
+        if write:
+            run_dir = make_run_dir(config.output_dir, run_id)
+            run_id = os.path.basename(run_dir)
+            writer = RunWriter(run_dir, odometer.channels)
+            stack.callback(writer.close, remove_heartbeat=False)
+        info = run_info({"discovery": discovery, "odometer": odometer, "run_id": run_id, "run_name": run_name,
+                         "started_utc": started, "config": config, "interval_s": interval, "distributed": distributed})
+        session = Session(discovery, odometer, interval, run_id, writer, info)
+        if writer is not None:
+            writer.write_run(info)
+            writer.append_sample(session.last)
+            writer.write_pending()
+        session.sampler.start()
+        stack.pop_all()
+    return session
+
+
+def _close_quietly(sensor) -> None:
+    try:
+        sensor.close()
+    except Exception:  # noqa: BLE001 - undoing a failed start is best effort
+        log.debug("meter: closing sensor %s failed", getattr(sensor, "name", sensor), exc_info=True)
