@@ -17,7 +17,7 @@ from typing import Any
 from . import _process
 from . import config as config_mod
 from .clock import SystemClock, utc_iso
-from .errors import ConfigError, MeterError, RunLogError, SensorError
+from .errors import ConfigError, MeterError, SensorError
 from .measurement import Measurement
 from .sensors import ESTIMATED, Discovery
 from .spans import Span, Track, build_measurement
@@ -110,10 +110,6 @@ class Meter:
                     distributed=_describe_rank(self.rank))
             except MeterError:
                 raise
-            except OSError as exc:
-                raise RunLogError(f"cannot start the run log in {os.path.abspath(self.config.output_dir)!r} "
-                                  f"({exc.strerror or exc}); pass output_dir= or set METER_OUTPUT_DIR to a "
-                                  "writable directory") from exc
             except Exception as exc:  # noqa: BLE001 - any sensor trouble becomes one clear error
                 raise SensorError(f"meter could not start its sensors ({type(exc).__name__}: {exc}); run "
                                   "`meter doctor` to see which sensor fails, or pass gpus='none' / rapl_root=") from exc
@@ -287,7 +283,7 @@ class Meter:
         if self._carbon is None:
             from .carbon.source import IntensitySource
 
-            self._carbon = IntensitySource(self.config.region, self.config.carbon)
+            self._carbon = IntensitySource(self.config.region, self.config.carbon, now=self.clock.wall)
         return self._carbon
 
     def intensity(self, start_s: float | None = None, end_s: float | None = None):

@@ -158,6 +158,7 @@ class RunWriter:
         self.keys = [c.key for c in channels]
         self.fault: dict | None = None  # the first disk fault, for run.json
         self.faults = 0
+        self._logged: set = set()  # one warning per cause
         self._retry_at = 0.0
         self._info: dict | None = None
         self._open_files()
@@ -199,7 +200,7 @@ class RunWriter:
         if self._guard(self._spans.drain) and self._guard(self._samples.drain) and self.fault is not None \
                 and not self.fault.get("recovered"):
             self.fault["recovered"] = utc_iso(time.time())
-            log.warning("meter: the run log in %s is writable again; records kept in memory were written", self.run_dir)
+            log.info("meter: the run log in %s is writable again; records kept in memory were written", self.run_dir)
 
     @property
     def pending_bytes(self) -> int:
@@ -219,14 +220,16 @@ class RunWriter:
         self._retry_at = time.monotonic() + RETRY_S
         if self.fault is not None and not self.fault.get("recovered"):
             return
+        first = exc.errno not in self._logged
+        self._logged.add(exc.errno)
         fix = {errno.ENOSPC: "free disk space", errno.EDQUOT: "free disk space (quota)",
                errno.EROFS: "remount it read-write or pass another output_dir",
                errno.EACCES: "make it writable or pass another output_dir"}.get(exc.errno, "check the disk")
         self.fault = {"utc": utc_iso(time.time()), "error": f"{exc.strerror or exc} ({errno.errorcode.get(exc.errno, exc.errno)})",
                       "fix": fix}
-        log.warning("meter: cannot write the run log in %s (%s); measurement continues in memory and writing is "
-                    "retried: %s, or set output_dir= / METER_OUTPUT_DIR to another directory",
-                    self.run_dir, exc.strerror or exc, fix)
+        (log.warning if first else log.debug)(
+            "meter: cannot write the run log in %s (%s); measurement continues in memory and writing is "
+            "retried: %s, or set output_dir= / METER_OUTPUT_DIR to another directory", self.run_dir, exc.strerror or exc, fix)
 
     def _recreate(self) -> None:
         """The run directory was deleted under us: re-create it; later records go there."""

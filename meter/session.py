@@ -15,6 +15,7 @@ from typing import Any
 
 from .clock import utc_iso
 from .energy import make_plan
+from .errors import RunLogError
 from .odometer import Odometer
 from .recorder import Recorder
 from .sampler import Sampler
@@ -208,9 +209,14 @@ def open_session(*, config, clock, discovery_fn, write: bool, run_id: str, run_n
         writer = None
         started = utc_iso(clock.wall())
         if write:
-            run_dir = make_run_dir(config.output_dir, run_id)
-            run_id = os.path.basename(run_dir)
-            writer = RunWriter(run_dir, odometer.channels)
+            try:
+                run_dir = make_run_dir(config.output_dir, run_id)
+                run_id = os.path.basename(run_dir)
+                writer = RunWriter(run_dir, odometer.channels)
+            except OSError as exc:
+                raise RunLogError(f"cannot start the run log in {os.path.abspath(config.output_dir)!r} "
+                                  f"({exc.strerror or exc}); pass output_dir= or set METER_OUTPUT_DIR to a "
+                                  "writable directory") from exc
             stack.callback(writer.close, remove_heartbeat=False)
         info = run_info({"discovery": discovery, "odometer": odometer, "run_id": run_id, "run_name": run_name,
                          "started_utc": started, "config": config, "interval_s": interval, "distributed": distributed})

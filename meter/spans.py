@@ -276,8 +276,8 @@ class Track:
     def _owner_now(self) -> SpanOwner:
         if self._owner is not None:
             return self._owner
-        cur = current_span()  # module-level track nests under the current span's Meter
-        if cur is not None and cur.meter.accepting:
+        cur = current_span()  # module-level track nests under the current span's Meter (in a forked
+        if cur is not None:  # child that Meter is inert: the parent measures the child's work)
             return cur.meter
         return self._resolve()
 

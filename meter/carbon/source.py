@@ -25,6 +25,8 @@ REFRESH_S = 900.0
 #: After a failure the next attempt waits this long, doubling up to RETRY_MAX_S.
 RETRY_MIN_S = 30.0
 RETRY_MAX_S = 1800.0
+#: A window the cache does not cover asks the thread for a fetch, at most this often.
+MIN_REFETCH_S = 10.0
 #: How far back the background fetch reaches at first (Electricity Maps' history is 24 h).
 HISTORY_S = 24 * 3600.0
 
@@ -50,7 +52,11 @@ class IntensitySource:
 
             self.offline = resolve(region)
         self.zone = zone or (None if self._auto else self.offline.zone)
-        self._kw = {"token": token, "base_url": base_url, "cache_dir": cache_dir}
+        import os
+
+        # METER_CARBON_URL: the live provider's base URL (a proxy or mirror; tests' local servers).
+        self._kw = {"token": token, "base_url": base_url or os.environ.get("METER_CARBON_URL") or None,
+                    "cache_dir": cache_dir}
         self._geo_url = geo_url
         self._session = session
         self._now = now
@@ -59,6 +65,7 @@ class IntensitySource:
         self._error: str | None = None
         self._warned = False
         self._retry_s = RETRY_MIN_S
+        self._fetched_at = -1e18  # time.monotonic() of the last fetch attempt
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -92,10 +99,15 @@ class IntensitySource:
             why = error or "not fetched yet"
             return replace(self.offline, method="fallback",
                            note="; ".join(x for x in (self.offline.note, f"live {self.provider}: {why}; offline figure used") if x))
-        self._wake_if_stale(end_s)
         from .live import intensity_from_points
 
-        return intensity_from_points(sorted(pts), meta, self.zone or self.offline.zone, start_s, end_s)
+        inten = intensity_from_points(sorted(pts), meta, self.zone or self.offline.zone, start_s, end_s)
+        covered = max(p[1] for p in pts)
+        if covered < end_s:
+            self._wake_if_stale()
+            gap = f"live series known up to {time.strftime('%H:%M', time.gmtime(covered))} UTC; energy after that at its mean"
+            inten = replace(inten, note="; ".join(x for x in (inten.note, gap) if x))
+        return inten
 
     def describe(self) -> dict[str, Any]:
         """For run.json: what the run's figures in-process were based on."""
@@ -105,10 +117,8 @@ class IntensitySource:
         return out
 
     # -- the background thread -----------------------------------------------------------------
-    def _wake_if_stale(self, end_s: float) -> None:
-        with self._lock:
-            newest = max((p[1] for pts in self._hours.values() for p in pts), default=0.0)
-        if end_s > newest + 3600:
+    def _wake_if_stale(self) -> None:
+        if time.monotonic() - self._fetched_at >= MIN_REFETCH_S and self._error is None:
             self._wake.set()
 
     def _run(self) -> None:
@@ -116,6 +126,7 @@ class IntensitySource:
 
         client = Client(self._session, retries=1)
         while not self._stop.is_set():
+            self._fetched_at = time.monotonic()
             try:
                 if self._auto and self.zone is None:
                     zone, how = geolocate(url=self._geo_url, session=client.session)

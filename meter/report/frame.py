@@ -31,7 +31,10 @@ def run_intensity(run: Run, *, live: bool = True, session: Any = None) -> carbon
     ends = [parse_utc_iso(s["end_utc"]) for s in run.spans if s.get("end_utc")]
     if not times:
         return base
-    return with_fallback(provider, zone or base.zone, min(times), max(ends or times), base, session=session)
+    import os
+
+    return with_fallback(provider, zone or base.zone, min(times), max(ends or times), base, session=session,
+                         base_url=os.environ.get("METER_CARBON_URL") or None)
 
 
 def _span_emissions(row: dict, intensity: carbon.Intensity, pue: float, shape: tuple | None) -> float | None:
