@@ -23,6 +23,7 @@ class Recorder:
         self._comps = tuple((k, tuple(v)) for k, v in comps.items())
         self._open: dict[int, Any] = {}
         self._closed: deque = deque()
+        self._inflight_t: float | None = None  # close time of the oldest span taken, not yet written
         self.dirty = False  # the set of open spans changed since the last heartbeat
 
     # -- under the odometer lock ---------------------------------------------------------------
@@ -74,24 +75,32 @@ class Recorder:
         self._closed.append((span, time.monotonic()))
 
     def backlog_age_s(self) -> float:
-        """How long the oldest closed-but-unwritten span has waited (0 when none)."""
-        q = self._closed
-        if not q:
-            return 0.0
-        try:
-            return time.monotonic() - q[0][1]
-        except IndexError:  # drained meanwhile
-            return 0.0
+        """How long the oldest closed span not yet on disk has waited (0 when none)."""
+        t = self._inflight_t
+        if t is None:
+            try:
+                t = self._closed[0][1]
+            except IndexError:
+                return 0.0
+        return time.monotonic() - t
 
     @property
     def backlog(self) -> int:
+        """Closed spans waiting to be taken by the writer."""
         return len(self._closed)
 
     # -- the sampler thread --------------------------------------------------------------------
-    def take_closed(self) -> list:
-        """Every closed span queued so far, oldest first."""
+    def take_closed(self, limit: int | None = None) -> list:
+        """Closed spans queued so far, oldest first (at most ``limit``); call :meth:`written`
+        once their records are on disk."""
         q = self._closed
         out = []
-        while q:
-            out.append(q.popleft()[0])
+        while q and (limit is None or len(out) < limit):
+            span, t = q.popleft()
+            if self._inflight_t is None:
+                self._inflight_t = t
+            out.append(span)
         return out
+
+    def written(self) -> None:
+        self._inflight_t = None

@@ -23,9 +23,13 @@ from .spans import RunContext, open_view
 
 log = logging.getLogger("meter")
 
-#: A closed span may wait at most about one sampling interval to be written: past that, the
-#: thread that closes a span waits (up to this long) for the sampler to write the backlog.
+#: A closed span may wait at most about one sampling interval to be written: when the oldest
+#: has waited half an interval, or this many are queued (about 50 ms of record building), the
+#: thread that closes a span waits (up to BACKPRESSURE_WAIT_S) for the sampler to write them.
+BACKLOG_MAX_SPANS = 512
 BACKPRESSURE_WAIT_S = 1.0
+#: Records are built and written in chunks of this many spans, so each reaches the disk soon.
+WRITE_CHUNK = 256
 
 
 class Session:
@@ -66,7 +70,7 @@ class Session:
                 span._end = end
         rec = self.recorder
         rec.queue(span)
-        if rec.backlog_age_s() > self.interval_s:
+        if rec.backlog > BACKLOG_MAX_SPANS or rec.backlog_age_s() > 0.5 * self.interval_s:
             self.sampler.request_tick(wait=True, timeout=BACKPRESSURE_WAIT_S)
         return True
 
@@ -102,11 +106,17 @@ class Session:
                 beat = rec.open_state()
                 rec.dirty = False
         self.last = snap
-        closed = rec.take_closed()
         w = self.writer
+        while True:
+            closed = rec.take_closed(WRITE_CHUNK)
+            if not closed:
+                break
+            if w is not None:
+                w.append_spans(self._records(closed))
+                w.write_pending()
+            rec.written()
         if w is None:
             return
-        w.append_spans(self._records(closed))
         w.append_sample(snap)
         w.write_pending()
         if beat is not None:  # after the spans it no longer lists are on disk
