@@ -21,6 +21,7 @@ from .errors import ConfigError, MeterError, SensorError
 from .measurement import Measurement
 from .sensors import ESTIMATED, Discovery
 from .spans import Span, Track, build_measurement
+from .units import S_PER_HOUR
 
 log = logging.getLogger("meter")
 
@@ -290,7 +291,7 @@ class Meter:
         """Carbon intensity for this Meter's region (and live provider, if configured) over a UTC
         window (default: the last hour), from what is known now: never waits on the network."""
         now = self.clock.wall()
-        return self._carbon_source().for_window(now - 3600 if start_s is None else start_s,
+        return self._carbon_source().for_window(now - S_PER_HOUR if start_s is None else start_s,
                                                 now if end_s is None else end_s)
 
 

@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from ._version import __version__
+from .units import BYTES_PER_GB
 
 
 def describe_host(discovery=None) -> dict[str, Any]:
@@ -28,7 +29,7 @@ def describe_host(discovery=None) -> dict[str, Any]:
     try:
         import psutil
 
-        info["ram_gb"] = round(psutil.virtual_memory().total / 1e9, 2)
+        info["ram_gb"] = round(psutil.virtual_memory().total / BYTES_PER_GB, 2)
     except Exception:  # noqa: BLE001 - psutil missing or unsupported: RAM unknown
         info["ram_gb"] = None
     for mod in ("torch", "transformers"):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .sensors import COUNTER, Channel, Fault
+from .units import MJ_PER_J, MW_PER_W, UJ_PER_J, mj_to_j
 
 
 class FakeClock:
@@ -110,7 +111,7 @@ class FakeNVML:
         self.init_error = init_error
         self.driver = driver
         self.initialised = 0
-        self._energy_j = [g.start_energy_mj / 1000.0 for g in self.gpus]
+        self._energy_j = [mj_to_j(g.start_energy_mj) for g in self.gpus]
         self._t = self.clock.monotonic()
 
     # time ----------------------------------------------------------------------------------
@@ -176,11 +177,11 @@ class FakeNVML:
             k = int(self._t / g.update_period_s)
             lag = self._t - k * g.update_period_s
             e -= g.power_at(self._t) * lag
-        return int(e * 1000)
+        return int(e * MJ_PER_J)
 
     def nvmlDeviceGetPowerUsage(self, handle) -> int:
         g = self._dev(handle)
-        return int(round(g.power_at(self._t) * 1000))
+        return int(round(g.power_at(self._t) * MW_PER_W))
 
     def nvmlDeviceGetFieldValues(self, handle, field_ids):
         g = self._dev(handle)
@@ -190,7 +191,7 @@ class FakeNVML:
             if fid == 186 and g.instant:
                 arr[i].nvmlReturn = 0
                 arr[i].valueType = 1  # unsigned int, mW
-                arr[i].value.uiVal = int(round(g.power_at(self._t) * 1000))
+                arr[i].value.uiVal = int(round(g.power_at(self._t) * MW_PER_W))
             else:
                 arr[i].nvmlReturn = self._pynvml.NVML_ERROR_NOT_SUPPORTED
         return arr
@@ -243,7 +244,7 @@ class RaplTree:
     def add(self, zone: str, joules: float) -> None:
         z = self.zones[zone]
         rng = z.get("max_energy_range_uj", 262143328850)
-        self.set_uj(zone, (self.read_uj(zone) + int(round(joules * 1e6))) % rng)
+        self.set_uj(zone, (self.read_uj(zone) + int(round(joules * UJ_PER_J))) % rng)
 
 
 def write_rapl_tree(root: str, zones: dict[str, dict] | None = None) -> RaplTree:

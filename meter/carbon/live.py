@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from ..errors import CarbonError
+from ..units import S_PER_HOUR
 
 log = logging.getLogger("meter")
 
@@ -124,14 +125,14 @@ class Cache:
         self.root = root
 
     def _path(self, provider: str, zone: str, hour: int) -> str:
-        stamp = datetime.fromtimestamp(hour * 3600, tz=timezone.utc).strftime("%Y%m%dT%H")
+        stamp = datetime.fromtimestamp(hour * S_PER_HOUR, tz=timezone.utc).strftime("%Y%m%dT%H")
         return os.path.join(self.root, provider, zone.replace("/", "_"), f"{stamp}.json")
 
     def get(self, provider: str, zone: str, start: float, end: float) -> list | None:
         if not self.root:
             return None
         points = []
-        for hour in range(int(start // 3600), int(end // 3600) + 1):
+        for hour in range(int(start // S_PER_HOUR), int(end // S_PER_HOUR) + 1):
             try:
                 with open(self._path(provider, zone, hour), encoding="utf-8") as f:
                     points.extend(json.load(f))
@@ -145,9 +146,9 @@ class Cache:
         by_hour: dict[int, list] = {}
         for p in points:
             if p[1] <= now and p[3]:  # closed interval, from measured (not forecast) data
-                by_hour.setdefault(int(p[0] // 3600), []).append(p)
+                by_hour.setdefault(int(p[0] // S_PER_HOUR), []).append(p)
         for hour, pts in by_hour.items():
-            if (hour + 1) * 3600 > now:
+            if (hour + 1) * S_PER_HOUR > now:
                 continue
             path = self._path(provider, zone, hour)
             try:
@@ -171,7 +172,7 @@ def _em_points(items: list, what: str) -> list:
             raise CarbonError(f"{what}: a point lacks carbonIntensity or datetime")
         t0 = _epoch(it["datetime"])
         gran = it.get("temporalGranularity") or "hourly"
-        step = {"5_minutes": 300, "15_minutes": 900, "hourly": 3600}.get(gran, 3600)
+        step = {"5_minutes": 300, "15_minutes": 900, "hourly": S_PER_HOUR}.get(gran, S_PER_HOUR)
         pts.append([t0, t0 + step, float(it["carbonIntensity"]), not it.get("isEstimated", False)])
     return pts
 
@@ -184,7 +185,7 @@ def electricitymaps(zone: str, start: float, end: float, *, token: str | None, b
     base = (base_url or EM_BASE).rstrip("/")
     headers = {"auth-token": token}
     meta = {"provider": "Electricity Maps", "factor": "lifecycle", "kind": "average"}
-    if start >= now - 24 * 3600:
+    if start >= now - 24 * S_PER_HOUR:
         data = client.get_json(f"{base}/carbon-intensity/history", params={"zone": zone}, headers=headers,
                                what=f"Electricity Maps history for {zone}")
         items = data.get("history") if isinstance(data, dict) else None
@@ -274,7 +275,7 @@ def live_points(provider: str, zone: str, start: float, end: float, *, token: st
 
 def intensity_from_points(pts: list, meta: dict, zone: str, start: float, end: float):
     """An :class:`~meter.carbon.Intensity` with a time series from provider points."""
-    from . import Intensity
+    from .intensity import Intensity
 
     # Time-weighted mean over the overlap with the window, for energy outside any point.
     num = den = 0.0
@@ -311,7 +312,7 @@ def with_fallback(provider: str, zone: str, start: float, end: float, offline_in
 
 def geolocate(url: str | None = None, session: Any = None, timeout: float = 2.0) -> tuple[str, str]:
     """(zone key, how) from the public IP's location; only for ``region="auto"``."""
-    from . import offline
+    from .offline import lookup
 
     url = url or os.environ.get("METER_GEO_URL") or GEO_URL
     client = Client(session, retries=0, timeout=timeout)
@@ -322,7 +323,7 @@ def geolocate(url: str | None = None, session: Any = None, timeout: float = 2.0)
     region = str(data.get("region") or "")
     zone = country
     if country in ("US", "CA", "CN") and region:
-        z = offline.lookup(region)
+        z = lookup(region)
         if z is not None and z.key.startswith(country + "-"):
             zone = z.key
     how = f"IP geolocation via {url}: country {country}" + (f", region {region}" if region else "") + f" -> zone {zone}"

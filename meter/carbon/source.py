@@ -17,6 +17,7 @@ from dataclasses import replace
 from typing import Any, Callable
 
 from ..errors import CarbonError
+from ..units import S_PER_HOUR
 
 log = logging.getLogger("meter")
 
@@ -28,7 +29,7 @@ RETRY_MAX_S = 1800.0
 #: A window the cache does not cover asks the thread for a fetch, at most this often.
 MIN_REFETCH_S = 10.0
 #: How far back the background fetch reaches at first (Electricity Maps' history is 24 h).
-HISTORY_S = 24 * 3600.0
+HISTORY_S = 24 * S_PER_HOUR
 
 
 class IntensitySource:
@@ -92,7 +93,7 @@ class IntensitySource:
         if not self.live:
             return self.offline
         with self._lock:
-            pts = [p for h in range(int(start_s // 3600) - 1, int(end_s // 3600) + 2) for p in self._hours.get(h, ())
+            pts = [p for h in range(int(start_s // S_PER_HOUR) - 1, int(end_s // S_PER_HOUR) + 2) for p in self._hours.get(h, ())
                    if p[1] > start_s and p[0] < end_s]
             error, meta = self._error, dict(self._meta)
         if not pts:
@@ -142,7 +143,7 @@ class IntensitySource:
                                             **self._kw)
                     with self._lock:
                         for p in pts:
-                            self._hours.setdefault(int(p[0] // 3600), []).append(p)
+                            self._hours.setdefault(int(p[0] // S_PER_HOUR), []).append(p)
                         for h, hp in self._hours.items():  # de-duplicate refreshed points
                             self._hours[h] = sorted({(a, b): [a, b, g, m] for a, b, g, m in hp}.values())
                         self._meta, self._error = meta, None

@@ -21,7 +21,7 @@ import time
 from functools import lru_cache
 
 from ..units import BYTES_PER_GB
-from . import ESTIMATED, Channel, Fault
+from .base import ESTIMATED, Channel, Fault
 
 DEFAULT_TDP_W = 85.0
 RAM_W_PER_GB = 0.3725

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 from ..errors import ConfigError
 from ..units import mj_to_j, mw_to_w
-from . import COUNTER, POWER_INTEGRATED, Channel, Fault, Unavailable
+from .base import COUNTER, POWER_INTEGRATED, Channel, Fault, Unavailable
 
 FI_DEV_POWER_INSTANT = 186
 

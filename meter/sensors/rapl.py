@@ -15,8 +15,8 @@ import re
 import time
 from dataclasses import dataclass
 
-from ..units import uj_to_j
-from . import COUNTER, Channel, Fault, Unavailable
+from ..units import uj_to_j, uw_to_w
+from .base import COUNTER, Channel, Fault, Unavailable
 
 PERMISSION_HINT = (
     "energy_uj is readable by root only since Linux 5.10 (CVE-2020-8694, 'PLATYPUS'). "
@@ -83,7 +83,7 @@ def scan(root: str) -> tuple[list[Zone], list[Unavailable], list[str]]:
             notes.append(f"RAPL zone {d} ({name}): no usable max_energy_range_uj; wraps cannot be corrected")
         max_power = None
         try:
-            max_power = int(_read_text(os.path.join(path, "constraint_0_max_power_uw"))) / 1e6 or None
+            max_power = uw_to_w(int(_read_text(os.path.join(path, "constraint_0_max_power_uw")))) or None
         except (OSError, ValueError):
             pass
         zones.append(Zone(path, name, bool(m.group(1)), int(m.group(2)), int(m.group(3)) if m.group(3) else None, max_range, max_power))
@@ -236,7 +236,7 @@ class RaplSensor:
         out = []
         for fd in self._fds:
             try:
-                out.append(int(os.pread(fd, 32, 0)) / 1e6)
+                out.append(uj_to_j(int(os.pread(fd, 32, 0))))
             except PermissionError as exc:
                 out.append(Fault(f"RAPL read refused: {exc}", PERMISSION_HINT, True))
             except (OSError, ValueError) as exc:
