@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import sys
 import threading
 from typing import Any
 
 from . import _process
 from . import config as config_mod
-from .clock import SystemClock, utc_iso
+from .clock import SystemClock
 from .errors import ConfigError, MeterError, SensorError
 from .measurement import Measurement
-from .sensors import ESTIMATED, Discovery
+from .sensors import Discovery
 from .spans import Span, Track, build_measurement
 from .units import S_PER_HOUR
 
@@ -102,12 +101,18 @@ class Meter:
                 return self
             if self._state != "new":
                 raise MeterError(f"this Meter is {self._state}; create a new Meter")
-            from .session import open_session
+            from .session import discover_sensors, make_run_id, open_session, safe_interval
+
+            def discover() -> Discovery:
+                return discover_sensors(self.config, given=self._given_sensors, nvml=self._nvml,
+                                        cpu_tdp_w=self._cpu_tdp_w, pid=self._pid, environ=self._environ,
+                                        rank=self.rank)
 
             try:
                 self._session = open_session(
-                    config=self.config, clock=self.clock, discovery_fn=self._discover, write=self._write,
-                    run_id=self._make_run_id(), run_name=self.run_name, interval_fn=self._safe_interval,
+                    config=self.config, clock=self.clock, discovery_fn=discover, write=self._write,
+                    run_id=make_run_id(self.clock, self.run_name, self.rank), run_name=self.run_name,
+                    interval_fn=lambda d: safe_interval(self.config.interval_s, d),
                     distributed=_describe_rank(self.rank))
             except MeterError:
                 raise
@@ -118,47 +123,6 @@ class Meter:
             if self.config.carbon.partition(":")[0] != "offline" or (self.config.region or "").lower() == "auto":
                 self._carbon_source().start()
         return self
-
-    def _discover(self) -> Discovery:
-        if self._given_sensors is not None:
-            return Discovery(sensors=list(self._given_sensors))
-        from .sensors import discover
-
-        r = self.rank
-        d = discover(gpus=self.config.gpus, rapl_root=self.config.rapl_root, nvml=self._nvml,
-                     cpu_tdp_w=self._cpu_tdp_w, pid=self._pid, environ=self._environ,
-                     host_owner=r is None or r.owns_host,
-                     ranks=None if r is None else (r.local_rank, r.local_world_size))
-        est = sorted({c.component for c in d.channels if c.provenance == ESTIMATED})
-        if est:
-            why = [u.reason for u in d.unavailable if u.sensor == "rapl"] or ["RAPL has no zone for it"]
-            log.warning("meter: %s energy will be estimated, not measured (%s); run `python -m meter` for why and "
-                        "how to fix", " and ".join(est), "; ".join(why))
-        return d
-
-    def _safe_interval(self, discovery: Discovery) -> float:
-        interval = self.config.interval_s
-        for s in discovery.sensors:
-            wrap = getattr(s, "wrap_period_s", lambda: None)()
-            if wrap is not None and interval > wrap / 4:
-                safe = wrap / 4
-                discovery.notes.append(f"interval_s={interval:g} s is too long for RAPL counters that can wrap every "
-                                       f"{wrap:.3g} s at full power; sampling every {safe:.3g} s instead")
-                log.warning("meter: %s", discovery.notes[-1])
-                interval = safe
-        return interval
-
-    def _make_run_id(self) -> str:
-        stamp = utc_iso(self.clock.wall()).replace("-", "").replace(":", "").split(".")[0]
-        host = socket.gethostname().split(".")[0] or "host"
-        base = f"{stamp}Z-{host}-{os.getpid()}"
-        if self.run_name:
-            base = f"{self.run_name}-{base}"
-        if self.rank is not None:
-            base = f"{base}-rank{self.rank.rank}"
-        from .runlog import safe_component
-
-        return safe_component(base, "run")
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Stop the sampler, record spans still open as incomplete, write every pending record
@@ -269,15 +233,8 @@ class Meter:
 
     def _span_emissions_g(self, span: Span, result: Measurement) -> float | None:
         """gCO2eq of a span (so far), from memory only: never the network."""
-        if result.energy_j is None:
-            return None
-        from . import carbon
-        from .clock import parse_utc_iso
-
-        t0, t1 = parse_utc_iso(result.start_utc), parse_utc_iso(result.end_utc)
-        inten = self._carbon_source().for_window(t0, t1)
-        times, cum = (self._session.timeline(t0, t1) if inten.series and self._session is not None else ((), ()))
-        return carbon.span_emissions_g(t0, t1, result.energy_j, inten, self.config.pue, times, cum)
+        timeline = self._session.timeline if self._session is not None else None
+        return self._carbon_source().emissions_g(result, self.config.pue, timeline)
 
     # -- carbon --------------------------------------------------------------------------------
     def _carbon_source(self):

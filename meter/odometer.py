@@ -98,6 +98,28 @@ class _Chan:
             return float(self.declared)
         return self.learner.period_s if self.learner is not None else 0.0
 
+    def age_s(self, t: float) -> float | None:
+        """How long a coarse counter's reading lags ``t``: from its update grid, kept consistent
+        with what the reads saw (the value last changed between ``before_t`` and ``seen_t``), so a
+        small phase error near an update never shifts a span by a whole update."""
+        g = self.grid
+        if g is None or not g.ready:
+            return None
+        age = g.age(t)
+        lo, hi = t - self.seen_t, t - self.before_t
+        while age < lo:
+            age += g.period
+        while age > hi and age - g.period >= 0.0:
+            age -= g.period
+        return age
+
+    def lag_j(self, t: float) -> float | None:
+        """Joules a coarse counter's reading lags ``t`` by: polled power since its last update."""
+        age = self.age_s(t)
+        if age is None:
+            return None
+        return self.pint.since(t - age, t, self.power)
+
 
 class Odometer:
     """Cumulative joules per channel of ``sensors``, read under one lock."""
@@ -164,7 +186,7 @@ class Odometer:
         lag = pint = None
         if self._aux:
             self._read_aux(t)
-            lag = tuple(self._lag(c, t) for c in self._c)
+            lag = tuple(c.lag_j(t) for c in self._c)
             pint = tuple(c.pint.value if c.pint is not None else 0.0 for c in self._c)
         c = self._c
         return Snapshot(t, wall, tuple([x.odo for x in c]), tuple([x.power for x in c]), len(self.faults), lag, pint,
@@ -279,27 +301,6 @@ class Odometer:
                 if isinstance(v, float) and c.alive:
                     c.power = v
                     c.pint.add(t, v)
-
-    def _age(self, c: _Chan, t: float) -> float | None:
-        """How long a coarse counter's reading lags ``t``: from its update grid, kept consistent
-        with what the reads saw (the value last changed between ``before_t`` and ``seen_t``), so a
-        small phase error near an update never shifts a span by a whole update."""
-        g = c.grid
-        if g is None or not g.ready:
-            return None
-        age = g.age(t)
-        lo, hi = t - c.seen_t, t - c.before_t
-        while age < lo:
-            age += g.period
-        while age > hi and age - g.period >= 0.0:
-            age -= g.period
-        return age
-
-    def _lag(self, c: _Chan, t: float) -> float | None:
-        age = self._age(c, t)
-        if age is None:
-            return None
-        return c.pint.since(t - age, t, c.power)
 
     def _fault(self, t: float, wall: float, i: int, fault: Fault) -> None:
         c = self._c[i]

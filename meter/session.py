@@ -240,6 +240,53 @@ def open_session(*, config, clock, discovery_fn, write: bool, run_id: str, run_n
     return session
 
 
+def discover_sensors(config, *, given, nvml, cpu_tdp_w, pid, environ, rank):
+    """The sensors of a run: ``given`` ones, or what :func:`meter.sensors.discover` finds (one
+    warning when CPU or DRAM energy will be estimated)."""
+    from .sensors import ESTIMATED, Discovery, discover
+
+    if given is not None:
+        return Discovery(sensors=list(given))
+    d = discover(gpus=config.gpus, rapl_root=config.rapl_root, nvml=nvml, cpu_tdp_w=cpu_tdp_w, pid=pid,
+                 environ=environ, host_owner=rank is None or rank.owns_host,
+                 ranks=None if rank is None else (rank.local_rank, rank.local_world_size))
+    est = sorted({c.component for c in d.channels if c.provenance == ESTIMATED})
+    if est:
+        why = [u.reason for u in d.unavailable if u.sensor == "rapl"] or ["RAPL has no zone for it"]
+        log.warning("meter: %s energy will be estimated, not measured (%s); run `python -m meter` for why and "
+                    "how to fix", " and ".join(est), "; ".join(why))
+    return d
+
+
+def safe_interval(interval: float, discovery) -> float:
+    """The sampling interval, shortened so that no RAPL counter can wrap twice between ticks."""
+    for s in discovery.sensors:
+        wrap = getattr(s, "wrap_period_s", lambda: None)()
+        if wrap is not None and interval > wrap / 4:
+            safe = wrap / 4
+            discovery.notes.append(f"interval_s={interval:g} s is too long for RAPL counters that can wrap every "
+                                   f"{wrap:.3g} s at full power; sampling every {safe:.3g} s instead")
+            log.warning("meter: %s", discovery.notes[-1])
+            interval = safe
+    return interval
+
+
+def make_run_id(clock, run_name: str | None, rank) -> str:
+    """``[name-]YYYYMMDDTHHMMSSZ-host-pid[-rankN]``, one safe path component."""
+    import socket
+
+    from .runlog import safe_component
+
+    stamp = utc_iso(clock.wall()).replace("-", "").replace(":", "").split(".")[0]
+    host = socket.gethostname().split(".")[0] or "host"
+    base = f"{stamp}Z-{host}-{os.getpid()}"
+    if run_name:
+        base = f"{run_name}-{base}"
+    if rank is not None:
+        base = f"{base}-rank{rank.rank}"
+    return safe_component(base, "run")
+
+
 def _close_quietly(sensor) -> None:
     try:
         sensor.close()

@@ -200,9 +200,12 @@ def test_tight_loop_backlog_is_one_interval_even_under_sigkill(tmp_path):
     assert marks[-1][0] > 5000  # the loop was not throttled to a crawl
 
 
-def test_full_disk_is_recorded_measurement_goes_on_and_close_never_raises(tmp_path, caplog):
+def test_full_disk_is_recorded_measurement_goes_on_and_nothing_is_lost(tmp_path, caplog, monkeypatch):
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+    from meter import runlog
+
+    monkeypatch.setattr(runlog, "RETRY_S", 0.05)
     mnt = tmp_path / "small"
     mnt.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)]).returncode != 0:
@@ -222,14 +225,19 @@ def test_full_disk_is_recorded_measurement_goes_on_and_close_never_raises(tmp_pa
                         f.write(b"\0" * 10**6)
                     except OSError:
                         pass
-        m.close()  # must not raise
-        assert all(sp.result.energy_j == pytest.approx(1.0) for sp in spans)  # in memory: all measured
-        faults = [r for r in caplog.records if "cannot write the run log" in r.getMessage()]
-        assert len(faults) == 1 and "free disk space" in faults[0].getMessage()
+            if i == 25:
+                m.flush()
+                faults = [r for r in caplog.records if "cannot write the run log" in r.getMessage()]
+                assert len(faults) == 1 and "free disk space" in faults[0].getMessage()  # once, with the fix
+                early = meter.load(str(mnt))["name"].tolist()  # written before the fault: still readable
+                assert len(early) >= 11 and early == [f"s{i}" for i in range(len(early))]
+                os.unlink(mnt / "filler")  # space comes back
+        m.close()  # never raises
+        assert all(sp.result.energy_j == pytest.approx(1.0) for sp in spans)
         df = meter.load(str(mnt))
-        names = df["name"].tolist()
-        assert [f"s{i}" for i in range(11)] == names[:11]  # written before the fault: still readable
-        os.unlink(mnt / "filler")
+        assert df["name"].tolist() == [f"s{i}" for i in range(40)] and df.attrs["problems"] == []
+        info = json.load(open(os.path.join(m.run_dir, "run.json")))
+        assert "No space left" in info["disk_fault"]["error"] and info["disk_fault"]["recovered"]
     finally:
         subprocess.run(["umount", "-l", str(mnt)])
 

@@ -110,6 +110,19 @@ class IntensitySource:
             inten = replace(inten, note="; ".join(x for x in (inten.note, gap) if x))
         return inten
 
+    def emissions_g(self, result, pue: float, timeline: Callable[[float, float], tuple] | None = None) -> float | None:
+        """gCO2eq of a span's Measurement with what is known now; ``timeline(t0, t1)`` gives the
+        run's (walls, cumulative joules) inside the span for time-resolved intensity."""
+        if result.energy_j is None:
+            return None
+        from ..clock import parse_utc_iso
+        from . import span_emissions_g
+
+        t0, t1 = parse_utc_iso(result.start_utc), parse_utc_iso(result.end_utc)
+        inten = self.for_window(t0, t1)
+        times, cum = timeline(t0, t1) if inten.series and timeline is not None else ((), ())
+        return span_emissions_g(t0, t1, result.energy_j, inten, pue, times, cum)
+
     def describe(self) -> dict[str, Any]:
         """For run.json: what the run's figures in-process were based on."""
         out = {"provider": self.provider, "zone": self.zone or self.offline.zone, "offline": self.offline.describe()}

@@ -7,14 +7,11 @@ window, time-resolved per span from samples.csv when the intensity varies.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from .. import carbon
 from ..clock import parse_utc_iso
 from ..runlog import SPAN_COLUMNS, Run, find_runs, read_run, span_rows
-
-log = logging.getLogger("meter")
 
 
 def run_intensity(run: Run, *, live: bool = True, session: Any = None) -> carbon.Intensity:
