@@ -11,19 +11,35 @@ from collections import deque
 TIGHT_S = 0.003
 
 
-def counter_delta(prev: float, value: float, wrap: float | None) -> tuple[float, str | None]:
+#: A reset (driver reload) is a value far below the old one: under this fraction of it.
+RESET_FRACTION = 0.5
+
+
+def counter_delta(prev: float, value: float, wrap: float | None, bound_j: float = float("inf")) -> tuple[float, str | None]:
     """Energy between two readings of a cumulative counter, and what happened.
 
-    A counter that went backwards wrapped (add its range back, ``"wrap"``) if it has a range, or
-    was reset (a driver reload: its new value is the energy since, ``"reset"``) if it has none.
-    One wrap per pair of readings; the sampler reads often enough for that to hold.
+    ``bound_j`` is the most energy the device can plausibly have used between the two reads
+    (its maximum power times the time between them, with margin). Events:
+
+    - ``None``: the counter moved forward by a plausible amount.
+    - ``"wrap"``: it went backwards and has a range (RAPL): the range is added back, when that
+      gives a plausible delta.
+    - ``"reset"``: it went far below the old value (``< RESET_FRACTION``) to a value that is
+      itself plausible as the energy since a restart (a driver reload): the new value counts.
+    - ``"backwards"``: a small step back (a glitch): 0 J.
+    - ``"jump"``: more than ``bound_j`` forward, or a wrap that would be: 0 J.
+    - ``"range"``: a negative value, or one above the counter's range: 0 J.
     """
+    if value < 0 or (wrap and value > wrap):
+        return 0.0, "range"
     delta = value - prev
     if delta >= 0:
-        return delta, None
+        return (delta, None) if delta <= bound_j else (0.0, "jump")
     if wrap:
-        return delta + wrap, "wrap"
-    return value, "reset"
+        return (delta + wrap, "wrap") if delta + wrap <= bound_j else (0.0, "backwards")
+    if value < RESET_FRACTION * prev and value <= bound_j:
+        return value, "reset"
+    return 0.0, "backwards"
 
 
 class UpdateGrid:

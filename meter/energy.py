@@ -18,6 +18,9 @@ from .sensors import COMPONENTS, COUNTER, ESTIMATED, Channel
 #: many update periods; shorter spans take their energy from polled power, since one misplaced
 #: update would be a large error.
 GRID_MIN_PERIODS = 1.5
+#: Until a presumed-coarse counter's update period is learned (NVML energy counters update every
+#: 20-100 ms), spans shorter than this take their energy from polled instantaneous power.
+UNLEARNED_PINT_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -69,28 +72,47 @@ class Figures(NamedTuple):
 def _correct(i: int, d: float, s, e, dj: list, ch: Channel, warnings: list) -> bool:
     """Apply the coarse-counter rules to channel ``i``; True when its energy was corrected."""
     period = e.period_s[i] if e.period_s else 0.0
+    pint = s.pint_j is not None and e.pint_j is not None and e.pint_j[i] > s.pint_j[i]
+    if period == 0.0:
+        # Not learned yet, or continuous. A counter presumed coarse (its instantaneous power is
+        # polled) takes short spans from the integrated power: never a whole update, never zero.
+        if pint and d < UNLEARNED_PINT_S:
+            dj[i] = e.pint_j[i] - s.pint_j[i]
+            warnings.append(f"{ch.key}: counter update period not learned yet; this {d * 1e3:.0f} ms span's "
+                            "energy integrated from instantaneous power")
+            return True
+        if dj[i] == 0 and d >= UNLEARNED_PINT_S and pint:
+            warnings.append(f"{ch.key}: energy counter did not move during this {d:.1f} s span; no energy is "
+                            "made up for it")
+        return False
     lags = s.lag_j is not None and e.lag_j is not None and s.lag_j[i] is not None and e.lag_j[i] is not None
-    if d >= GRID_MIN_PERIODS * period and lags:
-        # A known update grid: each reading lags its read time by the energy since the counter's
-        # last update; add that back at both edges.
-        dj[i] += e.lag_j[i] - s.lag_j[i]
+    if d >= GRID_MIN_PERIODS * period:
+        if dj[i] == 0:
+            warnings.append(f"{ch.key}: energy counter did not move during this {d:.2f} s span (it updates every "
+                            f"{period * 1e3:.0f} ms); no energy is made up for it")
+            return False
+        if lags:
+            # A known update grid: each reading lags its read time by the energy since the
+            # counter's last update; add that back at both edges.
+            dj[i] += e.lag_j[i] - s.lag_j[i]
+            return False
+        edge_w = (s.power_w[i] + e.power_w[i]) * 0.5
+        if dj[i] > 0 and edge_w * period / dj[i] >= 0.01:
+            warnings.append(f"{ch.key}: counter updates every {period * 1e3:.0f} ms; this {d * 1e3:.0f} ms span "
+                            f"may be off by up to one update (~{100.0 * edge_w * period / dj[i]:.0f}%)")
         return False
-    if period == 0.0 and dj[i] != 0:
-        return False
-    if d < GRID_MIN_PERIODS * period and s.pint_j is not None and e.pint_j is not None and e.pint_j[i] > s.pint_j[i]:
+    # Shorter than the counter's updates.
+    if pint:
         dj[i] = e.pint_j[i] - s.pint_j[i]
         warnings.append(f"{ch.key}: span ({d * 1e3:.1f} ms) too short for the counter, which updates every "
                         f"{period * 1e3:.0f} ms; energy integrated from instantaneous power")
         return True
     edge_w = (s.power_w[i] + e.power_w[i]) * 0.5
-    if edge_w > 0 and (dj[i] == 0 or d < GRID_MIN_PERIODS * period):
+    if edge_w > 0:
         dj[i] = edge_w * d
         warnings.append(f"{ch.key}: span ({d * 1e3:.1f} ms) too short for the counter, which updates every "
                         f"{period * 1e3:.0f} ms; energy from power at the span's edges ({edge_w:.1f} W)")
         return True
-    if period > 0 and dj[i] > 0 and edge_w * period / dj[i] >= 0.01:
-        warnings.append(f"{ch.key}: counter updates every {period * 1e3:.0f} ms; this {d * 1e3:.0f} ms span "
-                        f"may be off by up to one update (~{100.0 * edge_w * period / dj[i]:.0f}%)")
     return False
 
 

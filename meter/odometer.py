@@ -30,6 +30,15 @@ POWER_WINDOW_CHANGES = 10
 #: Counters whose learned update period is at least this long (NVML's ~100 ms) also have their
 #: instantaneous power read, to correct spans shorter than one update.
 AUX_POWER_MIN_PERIOD_S = 0.005
+#: A coarse counter that has not moved for FROZEN_PERIODS update periods (at least
+#: FROZEN_MIN_S) while its device draws more than IDLE_W is frozen: a fault, not zero power.
+FROZEN_PERIODS = 20
+FROZEN_MIN_S = 2.0
+IDLE_W = 1.0
+#: Plausibility: a counter moves at most max power x (PLAUSIBLE_FACTOR x time between reads +
+#: SLACK_S), the slack covering a coarse counter's update (NVML: <= 100 ms) arriving at once.
+PLAUSIBLE_FACTOR = 2.0
+SLACK_S = 0.25
 #: Polled-power points kept per coarse counter: at ~20 ms, about two update periods of history.
 PINT_HISTORY = 16
 #: The coarse energy timeline (for time-resolved emissions in-process) keeps one point this often.
@@ -71,7 +80,7 @@ class _Chan:
     """Per-channel state of one odometer."""
 
     __slots__ = ("raw", "odo", "power", "seen_t", "last_t", "before_t", "changes", "alive", "learner", "grid",
-                 "pint", "declared", "wrap", "is_energy", "learns")
+                 "pint", "declared", "wrap", "is_energy", "learns", "max_w", "suspect", "suspect_t")
 
     def __init__(self, ch: Channel):
         self.raw = None
@@ -91,6 +100,15 @@ class _Chan:
         self.grid: UpdateGrid | None = None
         self.pint: PowerIntegral | None = None
         self.wrap = ch.wrap_j or 0.0
+        self.max_w = ch.details.get("max_power_w")  # None: no plausibility bound (estimates, fakes)
+        self.suspect: float | None = None  # an implausible reading, kept to see if the next agrees
+        self.suspect_t = 0.0
+
+    def bound_j(self, dt: float) -> float:
+        """The most energy the device can plausibly use in ``dt`` seconds between reads."""
+        if not self.max_w:
+            return float("inf")
+        return self.max_w * (PLAUSIBLE_FACTOR * max(dt, 0.0) + SLACK_S)
 
     @property
     def period_s(self) -> float:
@@ -140,7 +158,16 @@ class Odometer:
                            if any(c.mode == "power" and c.provenance == POWER_INTEGRATED for c in s.channels))
         self._learning = tuple((i, s) for i, s in enumerate(self._sensors)
                                if any(self._c[self._starts[i] + k].learns for k in range(len(s.channels))))
-        self._aux: dict[int, list[int]] = {}  # sensor index -> coarse channels needing instant power
+        # Counters that learn their period are presumed coarse until proven otherwise: their
+        # instantaneous power is polled and integrated from the start (sensor index -> channels).
+        self._aux: dict[int, list[int]] = {}
+        for si, sensor in enumerate(self._sensors):
+            if hasattr(sensor, "read_power"):
+                for k in range(len(sensor.channels)):
+                    c = self._c[self._starts[si] + k]
+                    if c.learns:
+                        c.grid, c.pint = UpdateGrid(), PowerIntegral(PINT_HISTORY)
+                        self._aux.setdefault(si, []).append(self._starts[si] + k)
         self._periods = tuple(c.period_s for c in self._c)
         self.faults: list[FaultRecord] = []
         self._fault_keys: set[tuple[str, str]] = set()
@@ -209,12 +236,15 @@ class Odometer:
                 self._read_aux(t)
 
     def read_counters(self) -> None:
-        """Probe: read only the sensors whose counters are learning their update period."""
+        """Probe: read the sensors whose counters are learning their update period, and the
+        instantaneous power that short spans take their energy from meanwhile."""
         with self.lock:
             t = self.clock.monotonic()
             wall = self.clock.wall()
             for si, s in self._learning:
                 self._update(t, wall, _read(s), self._starts[si])
+            if self._aux:
+                self._read_aux(t)
 
     def _update(self, t: float, wall: float, values, base: int) -> None:
         for i, v in enumerate(values, base):
@@ -239,30 +269,40 @@ class Odometer:
 
     def _energy(self, t: float, wall: float, i: int, c: _Chan, v: float) -> None:
         prev = c.raw
-        c.raw = v
         last_t, c.last_t = c.last_t, t
         if prev is None:
+            c.raw = v
             c.seen_t = t
             c.changes.append((t, 0.0))
             return
         if v == prev:
+            flat = t - c.seen_t
             if c.learns and c.power > 0:
-                c.learner.unchanged(t - c.seen_t)
+                c.learner.unchanged(flat)
+            if c.pint is not None and c.power > IDLE_W and flat > max(FROZEN_MIN_S, FROZEN_PERIODS * c.period_s):
+                self._fault(t, wall, i, Fault(
+                    f"{self.channels[i].key}: energy counter stopped moving while the device draws power; "
+                    "energy after that point is missing", "check the driver (`nvidia-smi -q -d POWER`)"))
             return
-        delta, event = counter_delta(prev, v, c.wrap)
+        delta, event = counter_delta(prev, v, c.wrap, c.bound_j(t - last_t))
+        if event in ("backwards", "jump", "range"):
+            self._implausible(t, wall, i, c, v, event, prev)
+            return
+        c.raw = v
+        c.suspect = None
         if event == "wrap":
             self.wraps[i] += 1
         elif event == "reset":
             self._fault(t, wall, i, Fault(
-                f"{self.channels[i].key}: counter went backwards without a wrap range "
-                "(driver reload?); counting its new value as the energy since",
+                f"{self.channels[i].key}: counter restarted far below its old value (driver reload?); "
+                "counting its new value as the energy since",
                 "avoid reloading the GPU driver during a measured run",
             ))
         c.odo += delta
         if c.learns:
             if c.learner.changed():
                 self._periods = tuple(x.period_s for x in self._c)
-                self._maybe_aux(i, c)
+                self._learned(i, c)
             elif c.learner.known:
                 p = c.learner.period_s
                 if p != self._periods[i]:
@@ -272,19 +312,35 @@ class Odometer:
             c.before_t = last_t
         c.changes.append((t, c.odo))
         t0, e0 = c.changes[0]
-        if t > t0:
+        if t > t0 and c.pint is None:  # coarse counters take their power from the instant reading
             c.power = (c.odo - e0) / (t - t0)
         c.seen_t = t
 
-    def _maybe_aux(self, i: int, c: _Chan) -> None:
-        if c.period_s < AUX_POWER_MIN_PERIOD_S:
+    def _implausible(self, t: float, wall: float, i: int, c: _Chan, v: float, event: str, prev: float) -> None:
+        """A reading that cannot be energy: 0 J for it, a fault once per cause. When the next
+        reading agrees with it, the counter really moved there: it becomes the new baseline."""
+        key = self.channels[i].key
+        if c.suspect is not None and event != "range":
+            _d, again = counter_delta(c.suspect, v, c.wrap, c.bound_j(t - c.suspect_t))
+            if again in (None, "wrap"):
+                c.raw, c.suspect, c.seen_t = v, None, t
+                return
+        c.suspect, c.suspect_t = v, t
+        why = {"backwards": "went backwards a little (a glitch, not a reset)",
+               "jump": "jumped by more than the device's maximum power allows",
+               "range": "returned a value outside its range"}[event]
+        self._fault(t, wall, i, Fault(f"{key}: energy counter {why}; that reading counts 0 J",
+                                      f"first seen: {prev!r} -> {v!r}"))
+
+    def _learned(self, i: int, c: _Chan) -> None:
+        """The period became known: a counter that turned out continuous needs no instant power."""
+        if c.period_s >= AUX_POWER_MIN_PERIOD_S or c.pint is None:
             return
-        c.grid = UpdateGrid()
-        c.pint = PowerIntegral(PINT_HISTORY)
-        for si, sensor in enumerate(self._sensors):
-            base = self._starts[si]
-            if base <= i < base + len(sensor.channels) and hasattr(sensor, "read_power"):
-                self._aux.setdefault(si, []).append(i)
+        c.pint = c.grid = None
+        for idx in self._aux.values():
+            if i in idx:
+                idx.remove(i)
+        self._aux = {k: v for k, v in self._aux.items() if v}
 
     def _read_aux(self, t: float) -> None:
         """Instantaneous power of coarse counters replaces the rate derived from the counter and

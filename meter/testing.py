@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from dataclasses import dataclass, field
@@ -88,6 +89,7 @@ class FakeGPU:
     mig_uuids: list[str] = field(default_factory=list)
     fail_code: int | None = None  # every call on this device raises this NVML error code
     start_energy_mj: int = 5_000_000
+    max_power_w: float = 700.0  # the power limit NVML states (nvmlDeviceGetPowerManagementLimitConstraints)
 
     def power_at(self, t: float) -> float:
         return self.power_w(t) if callable(self.power_w) else float(self.power_w)
@@ -113,19 +115,32 @@ class FakeNVML:
         self.initialised = 0
         self._energy_j = [mj_to_j(g.start_energy_mj) for g in self.gpus]
         self._t = self.clock.monotonic()
+        self._latched = list(self._energy_j)
+        self._next_update = [None if not g.update_period_s else (math.floor(self._t / g.update_period_s) + 1) * g.update_period_s
+                             for g in self.gpus]
 
     # time ----------------------------------------------------------------------------------
     def advance(self, seconds: float, dt: float = 0.001) -> None:
-        """Move the clock and integrate every GPU's power over the step (midpoint rule)."""
+        """Move the clock and integrate every GPU's power over the step (midpoint rule). A GPU
+        with ``update_period_s`` latches the exact integral at each update boundary, as a driver
+        publishes its counter."""
         remaining = seconds
         while remaining > 1e-12:
             step = min(dt, remaining)
+            for nxt in self._next_update:
+                if nxt is not None and nxt - self._t > 1e-12:
+                    step = min(step, nxt - self._t)
             mid = self._t + step / 2
             for i, g in enumerate(self.gpus):
                 self._energy_j[i] += g.power_at(mid) * step
             self._t += step
             self.clock.advance(step)
             remaining -= step
+            for i, g in enumerate(self.gpus):
+                nxt = self._next_update[i]
+                if nxt is not None and self._t >= nxt - 1e-12:
+                    self._latched[i] = self._energy_j[i]
+                    self._next_update[i] = nxt + g.update_period_s
 
     def true_energy_j(self, index: int) -> float:
         return self._energy_j[index]
@@ -171,17 +186,17 @@ class FakeNVML:
         g = self._dev(handle)
         if not g.energy:
             raise self._err(self._pynvml.NVML_ERROR_NOT_SUPPORTED)
-        e = self._energy_j[handle]
-        if g.update_period_s:
-            # The driver publishes the integral as of the last update tick.
-            k = int(self._t / g.update_period_s)
-            lag = self._t - k * g.update_period_s
-            e -= g.power_at(self._t) * lag
+        # A driver publishes the integral as of its last update (exact here).
+        e = self._latched[handle] if g.update_period_s else self._energy_j[handle]
         return int(e * MJ_PER_J)
 
     def nvmlDeviceGetPowerUsage(self, handle) -> int:
         g = self._dev(handle)
         return int(round(g.power_at(self._t) * MW_PER_W))
+
+    def nvmlDeviceGetPowerManagementLimitConstraints(self, handle) -> tuple[int, int]:
+        g = self._dev(handle)
+        return int(g.max_power_w * MW_PER_W * 0.2), int(g.max_power_w * MW_PER_W)
 
     def nvmlDeviceGetFieldValues(self, handle, field_ids):
         g = self._dev(handle)

@@ -54,8 +54,8 @@ def test_energy_is_exact_deltas_per_socket(tmp_path, clock):
 
 def test_several_wraps_inside_one_span(tmp_path, clock):
     rng = 10_000_000  # 10 J range: wraps quickly
-    # 10 J at a stated 10 W max wraps at most every second: the sampler interval becomes 0.25 s.
-    zone = {"name": "package-0", "max_energy_range_uj": rng, "energy_uj": 9_000_000, "constraint_0_max_power_uw": 10_000_000}
+    # 10 J at a stated 100 W max wraps at most every 0.1 s: the sampler interval becomes 25 ms.
+    zone = {"name": "package-0", "max_energy_range_uj": rng, "energy_uj": 9_000_000, "constraint_0_max_power_uw": 100_000_000}
     tree = write_rapl_tree(str(tmp_path), {"intel-rapl:0": zone})
     with meter.Meter(write=False, rapl_root=str(tmp_path), gpus="none", clock=clock, interval_s=3600) as m:
         with m.track("long") as span:

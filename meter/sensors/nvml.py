@@ -20,6 +20,9 @@ from ..units import mj_to_j, mw_to_w
 from .base import COUNTER, POWER_INTEGRATED, Channel, Fault, Unavailable
 
 FI_DEV_POWER_INSTANT = 186
+#: The plausibility bound of a GPU's counter when NVML states no power limit (generous: the
+#: largest accelerators draw ~1.2 kW).
+DEFAULT_MAX_POWER_W = 2000.0
 
 _INSTALL_HINT = "install the NVIDIA driver (it ships libnvidia-ml.so.1) on a machine with an NVIDIA GPU"
 # Codes that mean the device is gone for the rest of the run.
@@ -272,7 +275,8 @@ class NvmlSensor:
             self.driver = "unknown"
         for d in devs:
             reader, prov, detail = self._choose_reader(d)
-            details = {"index": d.index, "uuid": d.uuid, "name": d.name, "power_source": detail}
+            details = {"index": d.index, "uuid": d.uuid, "name": d.name, "power_source": detail,
+                       **self._max_power(d)}
             scope = "device"
             if d.mig:
                 scope = "whole GPU (MIG enabled)"
@@ -295,11 +299,27 @@ class NvmlSensor:
         self._power_readers = tuple(self._instant_reader(d) for d in devs)
         self._dead: dict[int, Fault] = {}
 
+    def _max_power(self, d: _Dev) -> dict:
+        try:
+            _lo, hi = self._nv.nvmlDeviceGetPowerManagementLimitConstraints(d.handle)
+            if hi and int(hi) > 0:
+                return {"max_power_w": mw_to_w(int(hi)), "max_power_source": "NVML power limit constraint"}
+        except Exception:  # noqa: BLE001 - not every GPU or binding has it: a generous bound instead
+            pass
+        return {"max_power_w": DEFAULT_MAX_POWER_W, "max_power_source": "meter's default bound"}
+
     def _instant_reader(self, d: _Dev):
         nv, h = self._nv, d.handle
         try:
             if int(nv.nvmlDeviceGetFieldValues(h, [FI_DEV_POWER_INSTANT])[0].nvmlReturn) == 0:
-                return lambda: mw_to_w(_field_value(nv.nvmlDeviceGetFieldValues(h, [FI_DEV_POWER_INSTANT])[0]))
+
+                def instant() -> float:
+                    v = nv.nvmlDeviceGetFieldValues(h, [FI_DEV_POWER_INSTANT])[0]
+                    if int(v.nvmlReturn) != 0:  # this read failed: no value, never 0 W
+                        raise nv.NVMLError(int(v.nvmlReturn))
+                    return mw_to_w(_field_value(v))
+
+                return instant
         except Exception:  # noqa: BLE001 - no field API: fall back to the power call
             pass
         return lambda: mw_to_w(nv.nvmlDeviceGetPowerUsage(h))

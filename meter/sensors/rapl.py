@@ -28,6 +28,9 @@ PERMISSION_HINT = (
 )
 # Used to check the sampler interval against the wrap period when a zone states no limit.
 ASSUMED_MAX_POWER_W = 500.0
+# The plausibility bound of a counter when its zone states no maximum power (generous: the
+# largest server packages draw ~500 W, their DRAM far less).
+DEFAULT_MAX_POWER_W = {"cpu": 1000.0, "dram": 500.0}
 # Two package counters this close (independent sockets differ by kJ) that also move together are
 # one counter exposed twice.
 MIRROR_TOLERANCE_J = 0.1
@@ -81,11 +84,13 @@ def scan(root: str) -> tuple[list[Zone], list[Unavailable], list[str]]:
             max_range = int(_read_text(os.path.join(path, "max_energy_range_uj")))
         except (OSError, ValueError):
             notes.append(f"RAPL zone {d} ({name}): no usable max_energy_range_uj; wraps cannot be corrected")
-        max_power = None
-        try:
-            max_power = uw_to_w(int(_read_text(os.path.join(path, "constraint_0_max_power_uw")))) or None
-        except (OSError, ValueError):
-            pass
+        limits = []
+        for k in (0, 1):  # long-term (PL1) and short-term (PL2) constraints' maxima
+            try:
+                limits.append(uw_to_w(int(_read_text(os.path.join(path, f"constraint_{k}_max_power_uw")))))
+            except (OSError, ValueError):
+                pass
+        max_power = max(limits) if limits and max(limits) > 0 else None
         zones.append(Zone(path, name, bool(m.group(1)), int(m.group(2)), int(m.group(3)) if m.group(3) else None, max_range, max_power))
     if not zones:
         return [], [Unavailable("rapl", f"no RAPL zones under {root}", "load the intel_rapl_msr module (`modprobe intel_rapl_msr`)", "missing")], notes
@@ -167,9 +172,9 @@ class RaplSensor:
             zone_id = os.path.basename(z.path)
             wrap_j = uj_to_j(z.max_range_uj) if z.max_range_uj else None
             # RAPL counters update about every millisecond (Intel SDM); no need to learn it.
-            details = {"zone": zone_id, "path": energy_path, "update_period_s": RAPL_UPDATE_S}
-            if z.max_power_w:
-                details["max_power_w"] = z.max_power_w
+            details = {"zone": zone_id, "path": energy_path, "update_period_s": RAPL_UPDATE_S,
+                       "max_power_w": z.max_power_w or DEFAULT_MAX_POWER_W[comp],
+                       "max_power_source": "constraint max_power_uw" if z.max_power_w else "meter's default bound"}
             channels.append(
                 Channel(
                     key=f"{comp}:{socket}",
@@ -226,7 +231,8 @@ class RaplSensor:
     def wrap_period_s(self) -> float | None:
         """Shortest time in which any counter could wrap, at its stated or an assumed max power."""
         periods = [
-            c.wrap_j / c.details.get("max_power_w", ASSUMED_MAX_POWER_W)
+            c.wrap_j / (c.details["max_power_w"] if c.details.get("max_power_source") != "meter's default bound"
+                        else ASSUMED_MAX_POWER_W)
             for c in self.channels
             if c.wrap_j
         ]
