@@ -81,6 +81,13 @@ def _correct(i: int, d: float, s, e, dj: list, ch: Channel, warnings: list) -> b
             warnings.append(f"{ch.key}: counter update period not learned yet; this {d * 1e3:.0f} ms span's "
                             "energy integrated from instantaneous power")
             return True
+        presumed_coarse = s.pint_j is not None and e.pint_j is not None
+        edge_w = (s.power_w[i] + e.power_w[i]) * 0.5
+        if presumed_coarse and dj[i] == 0 and d < UNLEARNED_PINT_S and edge_w > 0:
+            dj[i] = edge_w * d  # no polled power moved (its reads failed): the last power known
+            warnings.append(f"{ch.key}: counter update period not learned yet and no instantaneous power "
+                            f"was polled; energy from the last power read ({edge_w:.1f} W)")
+            return True
         if dj[i] == 0 and d >= UNLEARNED_PINT_S and pint:
             warnings.append(f"{ch.key}: energy counter did not move during this {d:.1f} s span; no energy is "
                             "made up for it")

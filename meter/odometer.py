@@ -219,6 +219,22 @@ class Odometer:
         return Snapshot(t, wall, tuple([x.odo for x in c]), tuple([x.power for x in c]), len(self.faults), lag, pint,
                         self._periods)
 
+    def check_sensors(self) -> None:
+        """Per tick (caller holds the lock): sensors' own health checks (RAPL zones that vanished)."""
+        wall = self.clock.wall()
+        t = self.clock.monotonic()
+        for si, s in enumerate(self._sensors):
+            check = getattr(s, "check", None)
+            if check is None:
+                continue
+            try:
+                faults = check()
+            except Exception:  # noqa: BLE001 - a failing health check is not a failing sensor
+                continue
+            for k, f in enumerate(faults):
+                if f is not None and self._c[self._starts[si] + k].alive:
+                    self._fault(t, wall, self._starts[si] + k, f)
+
     def note_timeline(self, snap: Snapshot) -> None:
         """Keep one (wall, total J) point a minute, for emissions of long spans in-process."""
         tl = self.timeline

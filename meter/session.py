@@ -98,6 +98,7 @@ class Session:
     def tick(self) -> None:
         odo, rec = self.odometer, self.recorder
         with odo.lock:
+            odo.check_sensors()
             snap = odo.read_locked()
             rec.observe(snap)
             odo.note_timeline(snap)

@@ -52,10 +52,13 @@ class FakeSensor:
 
     @classmethod
     def counter(cls, key: str = "gpu:0", component: str = "gpu", wrap_j: float | None = None,
-                update_period_s: float | None = 0.0) -> "FakeSensor":
+                update_period_s: float | None = 0.0, max_power_w: float | None = None) -> "FakeSensor":
         """One energy counter. By default it declares itself continuous (``update_period_s=0``):
-        values set by hand are exact. Pass ``None`` to let the sampler learn a period."""
+        values set by hand are exact. Pass ``None`` to let the sampler learn a period, and
+        ``max_power_w`` to have its deltas checked for plausibility as real sensors' are."""
         details = {} if update_period_s is None else {"update_period_s": update_period_s}
+        if max_power_w is not None:
+            details["max_power_w"] = max_power_w
         return cls([Channel(key, component, key, "energy", COUNTER, wrap_j=wrap_j, details=details)])
 
     def read(self) -> tuple:
@@ -85,6 +88,7 @@ class FakeGPU:
     power_w: float | Callable[[float], float] = 100.0
     energy: bool = True
     instant: bool = True
+    frozen: bool = False  # the energy counter stops moving (a stalled driver); power still reads
     update_period_s: float = 0.0
     mig_uuids: list[str] = field(default_factory=list)
     fail_code: int | None = None  # every call on this device raises this NVML error code
@@ -116,6 +120,7 @@ class FakeNVML:
         self._energy_j = [mj_to_j(g.start_energy_mj) for g in self.gpus]
         self._t = self.clock.monotonic()
         self._latched = list(self._energy_j)
+        self._frozen: dict[int, float] = {}
         self._next_update = [None if not g.update_period_s else (math.floor(self._t / g.update_period_s) + 1) * g.update_period_s
                              for g in self.gpus]
 
@@ -188,6 +193,8 @@ class FakeNVML:
             raise self._err(self._pynvml.NVML_ERROR_NOT_SUPPORTED)
         # A driver publishes the integral as of its last update (exact here).
         e = self._latched[handle] if g.update_period_s else self._energy_j[handle]
+        if g.frozen:
+            e = self._frozen.setdefault(handle, e)
         return int(e * MJ_PER_J)
 
     def nvmlDeviceGetPowerUsage(self, handle) -> int:

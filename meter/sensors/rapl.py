@@ -249,6 +249,22 @@ class RaplSensor:
                 out.append(Fault(f"RAPL read failed: {exc}", "the powercap driver returned no number this time"))
         return tuple(out)
 
+    def check(self) -> tuple:
+        """Once per tick (not on span edges): a zone whose file vanished or was replaced (the
+        driver unloaded or reloaded) is a permanent fault; the open descriptor would keep
+        returning a stale number."""
+        out = []
+        for c, fd in zip(self.channels, self._fds, strict=True):
+            try:
+                mine, now = os.fstat(fd), os.stat(c.details["path"])
+                same = mine.st_nlink > 0 and (mine.st_ino, mine.st_dev) == (now.st_ino, now.st_dev)
+            except OSError:
+                same = False
+            out.append(None if same else Fault(f"RAPL zone {c.details['zone']} vanished or was replaced during the run",
+                                               "the powercap driver was unloaded or reloaded; energy after that is missing",
+                                               True))
+        return tuple(out)
+
     def close(self) -> None:
         for fd in self._fds:
             try:
