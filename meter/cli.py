@@ -58,7 +58,7 @@ def _cmd_run(args) -> int:
         # is reported before any work is done. The CPU estimate covers this process's tree,
         # which is the child's tree plus meter's own small share.
         m = Meter(region=args.region, pue=args.pue, interval_s=args.interval, output_dir=args.output,
-                  run_name=args.name, carbon=args.carbon, pid=os.getpid(), sync_cuda=False)
+                  run_name=args.name, carbon=args.carbon, pid="children", sync_cuda=False)
     except MeterError as exc:
         _err(str(exc))
         return 2

@@ -18,6 +18,7 @@ DEFAULTS: dict[str, Any] = {
     "gpus": "visible",
     "rapl_root": "/sys/class/powercap",
     "carbon": "offline",
+    "cpu_power_w": None,
 }
 ENV = {
     "region": "METER_REGION",
@@ -27,6 +28,7 @@ ENV = {
     "gpus": "METER_GPUS",
     "rapl_root": "METER_RAPL_ROOT",
     "carbon": "METER_CARBON",
+    "cpu_power_w": "METER_CPU_POWER_W",
 }
 
 
@@ -39,6 +41,7 @@ class Config:
     gpus: Any
     rapl_root: str
     carbon: str = "offline"
+    cpu_power_w: float | None = None  # W per busy hardware thread for the CPU estimate
     sources: Mapping[str, str] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
@@ -50,6 +53,7 @@ class Config:
             "gpus": self.gpus if isinstance(self.gpus, str) else list(self.gpus),
             "rapl_root": self.rapl_root,
             "carbon": self.carbon,
+            "cpu_power_w": self.cpu_power_w,
             "sources": dict(self.sources),
         }
 
@@ -148,6 +152,12 @@ def resolve(args: Mapping[str, Any], environ: Mapping[str, str] | None = None, p
         raise ConfigError(f"interval_s={interval} from {sources['interval_s']}: the sampling interval must be > 0 seconds (default 0.1)")
     if interval < 0.001:
         raise ConfigError(f"interval_s={interval}: below 1 ms the sampler costs more than it sees; use >= 0.001")
+    cpu_power = values["cpu_power_w"]
+    if cpu_power is not None:
+        cpu_power = _float("cpu_power_w", cpu_power, sources["cpu_power_w"])
+        if not 0 < cpu_power < 1000:
+            raise ConfigError(f"cpu_power_w={cpu_power} from {sources['cpu_power_w']}: give the CPU's power per busy "
+                              "hardware thread in watts (a server CPU's TDP / its threads, typically 2-10 W)")
     region = values["region"]
     if region is not None:
         region = str(region).strip()
@@ -167,5 +177,6 @@ def resolve(args: Mapping[str, Any], environ: Mapping[str, str] | None = None, p
         output_dir=str(values["output_dir"]),
         gpus=validate_gpus(values["gpus"], sources["gpus"]),
         rapl_root=str(values["rapl_root"]),
+        cpu_power_w=cpu_power,
         sources=sources,
     )

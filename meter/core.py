@@ -25,7 +25,7 @@ from .units import S_PER_HOUR
 log = logging.getLogger("meter")
 
 _ARG_NAMES = (
-    "carbon", "region", "pue", "interval_s", "output_dir", "gpus", "rapl_root", "run_name", "write", "sensors",
+    "carbon", "cpu_power_w", "region", "pue", "interval_s", "output_dir", "gpus", "rapl_root", "run_name", "write", "sensors",
     "nvml", "clock", "cpu_tdp_w", "pid", "sync_cuda", "distributed", "environ", "pyproject",
 )
 
@@ -40,13 +40,15 @@ class Meter:
 
     ``write=False`` keeps everything in memory (no run directory). ``sensors=`` replaces sensor
     discovery (tests, custom hardware); ``nvml=`` is a pynvml-compatible binding; ``clock=``
-    provides ``monotonic()`` and ``wall()``; ``cpu_tdp_w`` overrides the TDP table for the CPU
-    estimate; ``pid`` attributes the CPU/RAM estimate to another process tree (``meter run``).
+    provides ``monotonic()`` and ``wall()``. For the CPU estimate (no RAPL): ``cpu_power_w`` is
+    the power of one busy hardware thread (also ``METER_CPU_POWER_W`` and ``[tool.meter]``),
+    ``cpu_tdp_w`` the package TDP to divide by its threads; ``pid`` attributes the CPU/RAM
+    estimate to another process tree, or ``"children"`` to this process's children (``meter run``).
     """
 
     def __init__(self, region: str | None = None, pue: float | None = None, interval_s: float | None = None,
                  output_dir: str | None = None, gpus: Any = None, rapl_root: str | None = None, *,
-                 carbon: str | None = None, run_name: str | None = None, write: bool = True,
+                 carbon: str | None = None, cpu_power_w: float | None = None, run_name: str | None = None, write: bool = True,
                  sensors: list | None = None, nvml: Any = None, clock: Any = None, cpu_tdp_w: float | None = None,
                  pid: int | None = None, sync_cuda: bool = True, distributed: bool = True,
                  environ: dict | None = None, pyproject: str | None = None, **unknown: Any):
@@ -55,7 +57,7 @@ class Meter:
             raise ConfigError(f"Meter() got an unknown argument {k!r}{config_mod.suggest(k, _ARG_NAMES)}")
         self.config = config_mod.resolve(
             {"region": region, "pue": pue, "interval_s": interval_s, "output_dir": output_dir, "gpus": gpus,
-             "rapl_root": rapl_root, "carbon": carbon}, environ, pyproject)
+             "rapl_root": rapl_root, "carbon": carbon, "cpu_power_w": cpu_power_w}, environ, pyproject)
         if cpu_tdp_w is not None and not (isinstance(cpu_tdp_w, (int, float)) and 0 < cpu_tdp_w < 1e5):
             raise ConfigError(f"cpu_tdp_w={cpu_tdp_w!r}: give the CPU's TDP in watts, > 0")
         self._environ = os.environ if environ is None else environ

@@ -248,7 +248,8 @@ def discover_sensors(config, *, given, nvml, cpu_tdp_w, pid, environ, rank):
 
     if given is not None:
         return Discovery(sensors=list(given))
-    d = discover(gpus=config.gpus, rapl_root=config.rapl_root, nvml=nvml, cpu_tdp_w=cpu_tdp_w, pid=pid,
+    d = discover(gpus=config.gpus, rapl_root=config.rapl_root, nvml=nvml, cpu_tdp_w=cpu_tdp_w,
+                 cpu_power_w=config.cpu_power_w, pid=pid,
                  environ=environ, host_owner=rank is None or rank.owns_host,
                  ranks=None if rank is None else (rank.local_rank, rank.local_world_size))
     est = sorted({c.component for c in d.channels if c.provenance == ESTIMATED})

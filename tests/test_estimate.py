@@ -6,7 +6,7 @@ import time
 import pytest
 
 from meter.sensors import discover
-from meter.sensors.estimate import DEFAULT_TDP_W, RAM_W_PER_GB, EstimateSensor, lookup_tdp
+from meter.sensors.estimate import DEFAULT_W_PER_THREAD, RAM_W_PER_GB, EstimateSensor, cpu_power_per_thread, lookup_tdp
 
 
 @pytest.mark.parametrize("model,tdp,row", [
@@ -24,8 +24,8 @@ def test_unknown_model_has_no_tdp_and_says_so():
     assert got is None and "not in codecarbon's cpu_power.csv" in source
 
 
-def test_cpu_energy_is_tdp_times_cpu_time_share():
-    s = EstimateSensor(cpu_tdp_w=64.0, ram=False)
+def test_cpu_energy_is_power_per_thread_times_cpu_time():
+    s = EstimateSensor(cpu_power_w=3.0, ram=False)
     t0 = time.process_time()
     before = s.read()[0]
     x = 0
@@ -33,11 +33,45 @@ def test_cpu_energy_is_tdp_times_cpu_time_share():
         x += 1
     after = s.read()[0]
     cpu_s = time.process_time() - t0
-    expected = 64.0 * s.channels[0].details["sockets"] * cpu_s / os.cpu_count()
     # The bracketing process_time() calls sit outside the sensor's reads: within 1 ms of CPU.
-    assert after - before == pytest.approx(expected, abs=64.0 * 0.001 / os.cpu_count())
+    assert after - before == pytest.approx(3.0 * cpu_s, abs=3.0 * 0.001)
     ch = s.channels[0]
-    assert ch.provenance == "estimated" and ch.details["tdp_source"] == "given by the user (cpu_tdp_w)"
+    assert ch.provenance == "estimated" and ch.details["power_source"] == "given by the user (cpu_power_w)"
+    assert ch.details["max_process_w"] == pytest.approx(3.0 * ch.details["visible_threads"])
+
+
+@pytest.mark.parametrize("model,info,w,how", [
+    # A 2-vCPU VM of a 64-core EPYC: the package's 280 W over its 128 threads, not 85 W over 2 vCPUs.
+    ("AMD EPYC 7763 64-Core Processor", {"siblings": "2", "cpu cores": "2", "flags": "fpu hypervisor"}, 280 / 128, "assumed in a VM"),
+    ("AMD EPYC 7763 64-Core Processor", {"siblings": "128", "cpu cores": "64", "flags": "fpu"}, 280 / 128, "from /proc/cpuinfo"),
+    ("Intel(R) Xeon(R) Gold 6248 CPU @ 2.50GHz", {"siblings": "40", "cpu cores": "20", "flags": "fpu"}, 150 / 40, "bare metal"),
+    ("Intel(R) Xeon(R) Gold 6248 CPU @ 2.50GHz", {"siblings": "2", "cpu cores": "1", "flags": "hypervisor"}, 4.0, "thread count"),
+    ("AMD EPYC", {"siblings": "2", "cpu cores": "2", "flags": "hypervisor"}, DEFAULT_W_PER_THREAD, "not in codecarbon"),
+])
+def test_power_per_hardware_thread(model, info, w, how):
+    got, source, _ = cpu_power_per_thread(model, info=info)
+    assert got == pytest.approx(w) and how in source
+
+
+def test_cpu_power_is_configurable_everywhere(tmp_path, monkeypatch):
+    import meter
+    from meter.errors import ConfigError
+
+    (tmp_path / "pyproject.toml").write_text("[tool.meter]\ncpu_power_w = 2.5\n")
+    m = meter.Meter(write=False, rapl_root=str(tmp_path / "none"), gpus="none", pyproject=str(tmp_path / "pyproject.toml"))
+    assert m.config.cpu_power_w == 2.5 and "pyproject" in m.config.sources["cpu_power_w"]
+    monkeypatch.setenv("METER_CPU_POWER_W", "3.5")
+    m2 = meter.Meter(write=False, rapl_root=str(tmp_path / "none"), gpus="none", pyproject=str(tmp_path / "pyproject.toml"))
+    assert m2.config.cpu_power_w == 3.5
+    with m2.track("x") as span:
+        pass
+    ch = [c for c in m2.sensors_report()["channels"] if c["key"] == "cpu:estimate"][0]
+    assert ch["details"]["w_per_thread"] == 3.5
+    assert any("3.5 W per busy hardware thread" in n for n in m2.sensors_report()["notes"])
+    m2.close()
+    with pytest.raises(ConfigError, match="per busy hardware thread"):
+        meter.Meter(write=False, cpu_power_w=-1)
+    assert span.result.energy_by_component["cpu"].provenance == "estimated"
 
 
 def test_ram_power_is_rss_times_w_per_gb():
@@ -62,5 +96,27 @@ def test_discover_estimates_only_what_rapl_lacks(tmp_path):
 
 def test_unknown_model_uses_documented_default_and_records_it():
     s = EstimateSensor(ram=False, model="Mystery CPU 9000")
-    assert s.tdp_w == DEFAULT_TDP_W * s.channels[0].details["sockets"]
-    assert s.channels[0].details["tdp_source"].startswith(f"default {DEFAULT_TDP_W:g} W per socket")
+    assert s.w_per_thread == DEFAULT_W_PER_THREAD
+    assert s.channels[0].details["power_source"].startswith(f"default {DEFAULT_W_PER_THREAD:g} W per thread")
+
+
+BUSY = "import time\nt = time.process_time()\nwhile time.process_time() - t < 1.0:\n    pass\n"
+
+
+def test_meter_run_and_in_process_agree_on_a_busy_loop(tmp_path):
+    import subprocess
+    import sys
+
+    import meter
+
+    env = {**os.environ, "METER_CPU_POWER_W": "4", "METER_RAPL_ROOT": str(tmp_path / "none"), "METER_GPUS": "none"}
+    subprocess.run([sys.executable, "-m", "meter", "run", "--output", str(tmp_path / "cli"), "--quiet", "--",
+                    sys.executable, "-c", BUSY], env=env, check=True, capture_output=True)
+    inproc = ("import meter\nm = meter.Meter(output_dir=%r)\nwith m.track('busy'):\n" % str(tmp_path / "lib")
+              + "".join("    " + line + "\n" for line in BUSY.splitlines()) + "m.close()\n")
+    subprocess.run([sys.executable, "-c", inproc], env=env, check=True, capture_output=True)
+    by_cli = meter.load(tmp_path / "cli").iloc[0]["cpu_energy_j"]
+    in_process = meter.load(tmp_path / "lib").iloc[0]["cpu_energy_j"]
+    assert in_process == pytest.approx(4.0, rel=0.05)  # 1 s of CPU x 4 W per thread
+    # The command's tree once (was twice: 255.9 J vs 127.7 J), and not meter's own polling.
+    assert by_cli == pytest.approx(in_process, rel=0.10)

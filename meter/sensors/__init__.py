@@ -24,7 +24,8 @@ def discover(
     nvml: Any = None,
     estimate: bool = True,
     cpu_tdp_w: float | None = None,
-    pid: int | None = None,
+    cpu_power_w: float | None = None,
+    pid: int | str | None = None,
     environ: dict[str, str] | None = None,
     host_owner: bool = True,
     ranks: tuple[int, int] | None = None,
@@ -71,7 +72,8 @@ def discover(
     if estimate and not (have_cpu and have_dram):
         from . import estimate as est_mod
 
-        est = est_mod.EstimateSensor(cpu=not have_cpu, ram=not have_dram, cpu_tdp_w=cpu_tdp_w, pid=pid)
+        est = est_mod.EstimateSensor(cpu=not have_cpu, ram=not have_dram, cpu_tdp_w=cpu_tdp_w,
+                                     cpu_power_w=cpu_power_w, pid=pid)
         found.sensors.append(est)
         for comp in ("cpu", "dram"):
             if any(c.component == comp for c in est.channels):

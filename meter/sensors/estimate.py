@@ -1,9 +1,10 @@
 """Estimated CPU and RAM energy, for when no hardware counter can be read.
 
-CPU: the CPU model's TDP (from codecarbon's packaged ``cpu_power.csv``, read as a data file)
-times this process's share of the machine's CPU time: energy = TDP x sockets x CPU-seconds /
-logical CPUs. Idle power of the machine is not attributed to the job. An unknown model uses
-:data:`DEFAULT_TDP_W` per socket (the constant codecarbon uses for unknown CPUs).
+CPU: watts per busy hardware thread times the CPU time of the measured processes. The figure per
+thread is the model's TDP (from codecarbon's packaged ``cpu_power.csv``, read as a data file)
+over the model's hardware threads, so a 2-vCPU VM of a 64-core part is charged two threads'
+worth, not a whole socket; ``cpu_power_w`` sets it; an unknown model or thread count uses
+:data:`DEFAULT_W_PER_THREAD`. Idle power of the machine is not attributed to the job.
 
 RAM: :data:`RAM_W_PER_GB` per GB of this process's resident memory (Green Algorithms,
 Lannelongue et al. 2021, ``memoryPower`` = 0.3725 W/GB), integrated over time by the sampler.
@@ -23,11 +24,14 @@ from functools import lru_cache
 from ..units import BYTES_PER_GB
 from .base import ESTIMATED, Channel, Fault
 
-DEFAULT_TDP_W = 85.0
+#: Watts per busy hardware thread for a CPU whose TDP or thread count is unknown.
+DEFAULT_W_PER_THREAD = 4.0
+DEFAULT_SOURCE = "CodeCarbon's figure for CPUs it does not know: 4 W per thread"
 RAM_W_PER_GB = 0.3725
 RSS_EVERY_S = 0.1
 RAM_SOURCE = "Green Algorithms (Lannelongue et al. 2021), memoryPower 0.3725 W/GB"
 
+_CORES = re.compile(r"(\d+)[- ]core", re.I)
 _NOISE = re.compile(r"\((r|tm)\)|\bcpu\b|\bprocessor\b|@.*$|\bwith\b.*$|\d+-core", re.I)
 
 
@@ -79,14 +83,26 @@ def lookup_tdp(model: str) -> tuple[float | None, str]:
     return best[2], f"codecarbon cpu_power.csv row {best[1]!r}"
 
 
-def cpu_model() -> str:
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo, plus ``flags`` (empty off Linux)."""
+    out: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.lower().startswith(("model name", "hardware", "cpu model")):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    break
+                k, _, v = line.partition(":")
+                out.setdefault(k.strip().lower(), v.strip())
     except OSError:
         pass
+    return out
+
+
+def cpu_model() -> str:
+    info = _cpuinfo()
+    for k in ("model name", "hardware", "cpu model"):
+        if info.get(k):
+            return info[k]
     import platform
 
     return platform.processor() or "unknown"
@@ -101,31 +117,87 @@ def socket_count() -> int:
         return 1
 
 
+def model_threads(model: str, info: dict[str, str] | None = None) -> tuple[int | None, str]:
+    """Hardware threads of one package of this CPU model, and how that was found: the core count
+    in the model name ("64-Core") times threads per core, or, on bare metal, /proc/cpuinfo's
+    ``siblings``. None inside a VM whose model name states no core count: a VM's cpuinfo
+    describes its own vCPUs, not the package."""
+    info = _cpuinfo() if info is None else info
+    try:
+        per_core = max(1, int(info.get("siblings", "1")) // max(1, int(info.get("cpu cores", "1"))))
+    except ValueError:
+        per_core = 1
+    vm = "hypervisor" in info.get("flags", "")
+    m = _CORES.search(model)
+    if m:
+        # A VM's topology is its own: server CPUs run two threads per core.
+        smt, how = (2, "assumed in a VM") if vm else (per_core, "from /proc/cpuinfo")
+        return int(m.group(1)) * smt, f"{m.group(1)} cores in the model name x {smt} threads per core ({how})"
+    if not vm and info.get("siblings", "").isdigit():
+        return int(info["siblings"]), "siblings in /proc/cpuinfo (bare metal)"
+    return None, "a VM whose CPU model states no core count"
+
+
+def visible_threads() -> int:
+    """Hardware threads this process may run on (its CPU affinity; cgroup quotas are not read)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def cpu_power_per_thread(model: str, *, cpu_power_w: float | None = None, cpu_tdp_w: float | None = None,
+                         info: dict[str, str] | None = None) -> tuple[float, str, dict]:
+    """Watts per busy hardware thread for the CPU estimate, where the figure came from, and the
+    inputs (for the record). ``cpu_power_w`` (per thread) wins; then the package TDP (given, or
+    from codecarbon's table) over the model's thread count; else :data:`DEFAULT_W_PER_THREAD`."""
+    if cpu_power_w is not None:
+        return float(cpu_power_w), "given by the user (cpu_power_w)", {}
+    if cpu_tdp_w is not None:
+        tdp, src = float(cpu_tdp_w), "given by the user (cpu_tdp_w)"
+    else:
+        tdp, src = lookup_tdp(model)
+    threads, how = model_threads(model, info)
+    if tdp is not None and threads:
+        return tdp / threads, f"TDP {tdp:g} W ({src}) / {threads} threads ({how})", {"tdp_w": tdp, "model_threads": threads}
+    why = src if tdp is None else f"TDP {tdp:g} W known but not the thread count ({how})"
+    return DEFAULT_W_PER_THREAD, f"default {DEFAULT_W_PER_THREAD:g} W per thread ({DEFAULT_SOURCE}); {why}", {}
+
+
+def _tree_cpu_s(procs) -> float:
+    import psutil
+
+    total = 0.0
+    for p in procs:
+        try:
+            ct = p.cpu_times()
+            total += ct.user + ct.system + ct.children_user + ct.children_system
+        except psutil.Error:
+            continue
+    return total
+
+
 class EstimateSensor:
-    """``cpu:estimate`` (cumulative J from CPU time) and ``dram:estimate`` (W from RSS)."""
+    """``cpu:estimate`` (cumulative J from CPU time) and ``dram:estimate`` (W from RSS).
+
+    ``pid``: None for this process (and the children it reaped), a pid for that process's tree,
+    or ``"children"`` for this process's children only (``meter run``: the command, not meter).
+    """
 
     name = "estimate"
 
-    def __init__(self, *, cpu: bool = True, ram: bool = True, cpu_tdp_w: float | None = None, pid: int | None = None,
-                 model: str | None = None):
+    def __init__(self, *, cpu: bool = True, ram: bool = True, cpu_tdp_w: float | None = None,
+                 cpu_power_w: float | None = None, pid: int | str | None = None, model: str | None = None):
         self._pid = pid
         self._proc = None
         self._rss_t = -1e9
         self._rss_w = 0.0
-        self._ncpu = os.cpu_count() or 1
         self._peak_cpu_s = 0.0
         self.model = model or cpu_model()
-        sockets = socket_count()
-        if cpu_tdp_w is not None:
-            tdp, src = float(cpu_tdp_w), "given by the user (cpu_tdp_w)"
-        else:
-            tdp, src = lookup_tdp(self.model)
-            if tdp is None:
-                tdp, src = DEFAULT_TDP_W, f"default {DEFAULT_TDP_W:g} W per socket; {src}"
-        self.tdp_w = tdp * sockets
-        self.tdp_source = src
-        self._j_per_cpu_s = self.tdp_w / self._ncpu
-        scope = "this process" if pid is None else f"process tree of pid {pid}"
+        self.w_per_thread, self.power_source, inputs = cpu_power_per_thread(
+            self.model, cpu_power_w=cpu_power_w, cpu_tdp_w=cpu_tdp_w, info=None if model is None else {})
+        self.visible = visible_threads()
+        scope = {None: "this process", "children": "the processes this one started"}.get(pid, f"process tree of pid {pid}")
         channels, readers = [], []
         if cpu:
             channels.append(
@@ -137,11 +209,12 @@ class EstimateSensor:
                     provenance=ESTIMATED,
                     scope=scope,
                     details={
-                        "model": "TDP x CPU-seconds / logical CPUs; machine idle power not attributed",
-                        "tdp_w": self.tdp_w,
-                        "tdp_source": src,
-                        "sockets": sockets,
-                        "logical_cpus": self._ncpu,
+                        "model": "W per hardware thread x busy thread-seconds; machine idle power not attributed",
+                        "w_per_thread": self.w_per_thread,
+                        "power_source": self.power_source,
+                        "visible_threads": self.visible,
+                        "max_process_w": self.w_per_thread * self.visible,
+                        **inputs,
                     },
                 )
             )
@@ -164,7 +237,7 @@ class EstimateSensor:
 
     def assumptions_text(self, component: str) -> str:
         if component == "cpu":
-            return f"TDP {self.tdp_w:g} W from {self.tdp_source}, times this job's share of CPU time"
+            return f"{self.w_per_thread:.3g} W per busy hardware thread from {self.power_source}, times CPU time"
         return f"{RAM_W_PER_GB} W/GB of resident memory ({RAM_SOURCE})"
 
     def _cpu_seconds(self) -> float:
@@ -174,27 +247,28 @@ class EstimateSensor:
             return time.process_time() + t.children_user + t.children_system
         import psutil
 
-        total = 0.0
+        if self._pid == "children":
+            # Live descendants (each with the children it reaped) plus the children this process
+            # reaped: the command's tree, counted once, without meter's own polling.
+            try:
+                procs = psutil.Process().children(recursive=True)
+            except psutil.Error:
+                procs = []
+            t = os.times()
+            return _tree_cpu_s(procs) + t.children_user + t.children_system
         try:
             root = psutil.Process(self._pid)
             procs = [root] + root.children(recursive=True)
         except psutil.Error:
             procs = []
-        for p in procs:
-            try:
-                ct = p.cpu_times()
-                total += ct.user + ct.system + ct.children_user + ct.children_system
-            except psutil.Error:
-                continue
-        t = os.times()  # children this process already reaped
-        return total + t.children_user + t.children_system
+        return _tree_cpu_s(procs)
 
     def _cpu_j(self) -> float:
         # CPU time only grows; a process dying between reads must not make energy go backwards.
         secs = self._cpu_seconds()
         if secs > self._peak_cpu_s:
             self._peak_cpu_s = secs
-        return self._peak_cpu_s * self._j_per_cpu_s
+        return self._peak_cpu_s * self.w_per_thread
 
     def _ram_w(self) -> float:
         # Resident memory moves slowly; reading it (a /proc parse) at most every 0.1 s keeps span
@@ -214,6 +288,8 @@ class EstimateSensor:
                 if self._proc is None:
                     self._proc = psutil.Process()
                 rss = self._proc.memory_info().rss
+            elif self._pid == "children":
+                rss = sum(c.memory_info().rss for c in psutil.Process().children(recursive=True))
             else:
                 root = psutil.Process(self._pid)
                 rss = root.memory_info().rss + sum(
