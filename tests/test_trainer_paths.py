@@ -203,3 +203,21 @@ def test_retry_after_an_exception_starts_a_clean_tree(tmp_path, monkeypatch):
     assert set(broken["tag_exception"]) == {"KeyboardInterrupt"}
     ok = df[(df["depth"] == 0) & (df["tag_interrupted"] != True)]  # noqa: E712
     assert ok["samples"].tolist() == [80]
+
+
+def test_token_counts_are_read_from_the_device_at_logs_and_closes_only(tmp_path):
+    from tests.device_reads import DeviceReads
+
+    def collate(items):
+        batch = transformers.default_data_collator(items)
+        batch["attention_mask"] = batch["attention_mask"].as_subclass(DeviceReads)
+        return batch
+
+    trainer, cb, energy, train, _ = run_trainer(tmp_path, logging_steps=5, trainer_kw={"data_collator": collate})
+    DeviceReads.reads = 0
+    trainer.train()
+    df = spans(energy.meter).set_index("path")
+    assert df.loc["train", "tokens"] == 2 * train.tokens()
+    # 10 steps: one read for train at each of the 2 step logs (the final log finds nothing new) and one
+    # at each of the 2 epoch closes; never one per step
+    assert DeviceReads.reads == 4
