@@ -133,16 +133,18 @@ class MeterCallback(TrainerCallback):
         return self.cards.write()
 
     def attach(self, trainer) -> "MeterCallback":
-        """Add this callback to ``trainer`` ahead of its reporters (TensorBoard, W&B, MLflow, ...),
-        so that they log meter's keys too; uses only ``add_callback`` / ``pop_callback``."""
-        from transformers.integrations import INTEGRATION_TO_CALLBACK
+        """Add this callback to ``trainer`` right after the Trainer's flow callback, ahead of its
+        reporters (TensorBoard, W&B, MLflow, ...) and every other callback, so that they all see
+        meter's log keys. Uses only ``Trainer.add_callback`` and ``pop_callback``."""
+        from transformers.trainer_callback import DefaultFlowCallback
 
-        reporters = tuple(c for c in INTEGRATION_TO_CALLBACK.values() if isinstance(c, type))
-        if self not in trainer.callback_handler.callbacks:
-            trainer.add_callback(self)
-        moved = [cb for cb in list(trainer.callback_handler.callbacks) if isinstance(cb, reporters)]
-        for cb in moved:
+        others = [cb for cb in trainer.callback_handler.callbacks if cb is not self and not isinstance(cb, DefaultFlowCallback)]
+        if self in trainer.callback_handler.callbacks:
+            trainer.pop_callback(self)
+        for cb in others:
             trainer.pop_callback(cb)
+        trainer.add_callback(self)
+        for cb in others:
             trainer.add_callback(cb)
         self._setup(trainer.args, trainer.state, {"model": trainer.model})
         return self

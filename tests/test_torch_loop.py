@@ -113,3 +113,27 @@ def test_sync_does_not_initialise_cuda():
     # Waiting on CUDA must never be what starts a CUDA context (several hundred MB per GPU).
     assert sync() is None
     assert not torch.cuda.is_initialized()
+
+
+def test_card_sums_sub_stage_counts_for_a_parent_that_counted_none_and_says_so(tmp_path, clock):
+    from meter.report import model, render
+
+    sensor = FakeSensor.counter()
+    with meter.Meter(sensors=[sensor], clock=clock, interval_s=3600, output_dir=str(tmp_path)) as m:
+        with m.track("finetune"):
+            for e in range(2):
+                with m.track(f"epoch-{e + 1}"):
+                    for _ in counted([torch.zeros(4, 3)] * 5):
+                        sensor.values["gpu:0"] += 2.0
+                        clock.advance(0.1)
+                with m.track("evaluate", samples=7):
+                    sensor.values["gpu:0"] += 5.0
+        run_dir = m.run_dir
+    card = model.build(run_dir, live=False)
+    st = {s["path"]: s for s in card["runs"][0]["stages"]}
+    ft = st["finetune"]
+    assert ft["samples"] == 40 and ft["counts_from_children"] == ["samples"]  # the epochs, not the evaluations
+    assert ft["energy_per_sample_j"] == pytest.approx(20.0 / 40)  # 10 batches x 2 J; evaluation excluded
+    assert st["finetune/epoch-1"]["counts_from_children"] == []
+    md = render.markdown(card)
+    assert "finetune †" in md and "finetune: samples: the sum of its sub-stages" in md

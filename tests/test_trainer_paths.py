@@ -221,3 +221,39 @@ def test_token_counts_are_read_from_the_device_at_logs_and_closes_only(tmp_path)
     # 10 steps: one read for train at each of the 2 step logs (the final log finds nothing new) and one
     # at each of the 2 epoch closes; never one per step
     assert DeviceReads.reads == 4
+
+
+def test_attach_puts_meter_keys_in_front_of_reporters(tmp_path):
+    class Reporter(transformers.TrainerCallback):  # what TensorBoard, W&B and MLflow do with on_log
+        def __init__(self):
+            self.seen = []
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            self.seen.append(set(logs))
+
+    energy = Energy(tmp_path)
+    late, early = Reporter(), Reporter()
+    trainer = transformers.Trainer(model=tiny_bert(), args=args(tmp_path / "out", num_train_epochs=1),
+                                   train_dataset=ToyDataset(16, 1), callbacks=[late])
+    cb = MeterCallback(meter=energy.meter).attach(trainer)
+    trainer.add_callback(early)
+    trainer.train()
+    assert all("energy_kwh" in keys for keys in late.seen) and all("energy_kwh" in keys for keys in early.seen)
+    names = [type(c).__name__ for c in trainer.callback_handler.callbacks]
+    assert names[:3] == ["DefaultFlowCallback", "MeterCallback", "Reporter"]
+    assert cb in trainer.callback_handler.callbacks
+
+
+def test_without_attach_a_callback_listed_before_meter_misses_its_keys(tmp_path):
+    seen = []
+
+    class Reporter(transformers.TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kw):
+            seen.append(set(logs))
+
+    energy = Energy(tmp_path)
+    trainer = transformers.Trainer(model=tiny_bert(), args=args(tmp_path / "out", num_train_epochs=1),
+                                   train_dataset=ToyDataset(16, 1), callbacks=[Reporter(), MeterCallback(meter=energy.meter)])
+    trainer.train()
+    assert seen and not any("energy_kwh" in keys for keys in seen)  # why the docs say: attach(), or list meter first
+    assert all("energy_kwh" in h for h in trainer.state.log_history)  # the history has them either way
