@@ -125,9 +125,15 @@ class Forecast:
         self.first: dict[str, float] | None = None
         self.last: dict[str, float] | None = None
         self._warned = False
+        self._warm = False
 
     def step(self, energy_j: float) -> None:
-        """One optimizer step's training energy (J), evaluation excluded (Welford's update)."""
+        """One optimizer step's training energy (J), evaluation excluded (Welford's update). The
+        first step carries one-time start-up work (workers, caches, kernels' first launch): it
+        counts in the energy done, not in the per-step statistics."""
+        if not self._warm:
+            self._warm = True
+            return
         self.k += 1
         d = energy_j - self._mean
         self._mean += d / self.k
