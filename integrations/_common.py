@@ -250,3 +250,60 @@ class CardWriter:
 
         self.paths = cards.write_cards(run_dir, out_dir)
         return self.paths
+
+
+class Watch:
+    """Per optimizer step: the training stage's energy (a snapshot), its per-step energy for the
+    forecast, and the budget check. Nested evaluation energy is reported with :meth:`nested`."""
+
+    def __init__(self, budget: Budget, forecast_after: float):
+        self.budget = budget
+        self.forecast_after = forecast_after
+        self.forecast = Forecast(forecast_after)
+        self.nested_j = 0.0
+        self.stopped_at: int | None = None
+
+    def start(self, m: "meter.Meter", step: int) -> None:
+        self.m, self.g_per_kwh = m, m.intensity().g_per_kwh
+        self.start_step = self.last_step = step
+        self.nested_j = self.last_own_j = 0.0
+        self.stopped_at = None
+        self.epoch_done = False
+        self.budget.passed = None
+        self.forecast = Forecast(self.forecast_after)
+
+    def nested(self, span) -> None:
+        """A closed stage of another kind inside the training stage (evaluation, sanity check)."""
+        self.nested_j += span.result.energy_j or 0.0
+
+    def step(self, span, step: int, total_steps: float | None) -> bool:
+        """After optimizer step ``step`` of ``total_steps``: True when the budget says stop now."""
+        if step == self.last_step:
+            return False
+        snap = span.snapshot()
+        if snap.energy_j is None:
+            return False
+        own = snap.energy_j - self.nested_j
+        self.forecast.step((own - self.last_own_j) / (step - self.last_step))
+        self.last_own_j, self.last_step = own, step
+        total = int(total_steps) - self.start_step if total_steps and total_steps != float("inf") else None
+        self.forecast.update(snap.energy_j, self.nested_j, step - self.start_step, total, self.epoch_done,
+                             self.g_per_kwh, self.m.config.pue)
+        self.forecast.over_budget(self.budget)
+        if not self.budget.active:
+            return False
+        g = j_to_kwh(snap.energy_j) * self.m.config.pue * self.g_per_kwh
+        if self.budget.check(snap.energy_j, g, f"step {step}") and self.budget.action == "stop":
+            self.stopped_at = step
+            return True
+        return False
+
+    def tags(self) -> dict[str, Any]:
+        t = {**self.budget.tags(), **self.forecast.tags()}
+        if self.stopped_at is not None:
+            t["stopped_at_step"] = self.stopped_at
+        return t
+
+    def log_keys(self) -> dict[str, float]:
+        last = self.forecast.last or {}
+        return {k: v for k, v in last.items() if not k.startswith("forecast_")}

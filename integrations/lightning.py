@@ -23,7 +23,7 @@ import os
 import sys
 from typing import Any
 
-from ._common import Budget, CardWriter, Forecast, Tally, figures, log, missing
+from ._common import Budget, CardWriter, Tally, Watch, figures, log, missing
 
 try:
     import lightning.pytorch as pl
@@ -50,20 +50,12 @@ class MeterCallback(pl.Callback):
         self.log_metrics = log_metrics
         self.write_card = write_card
         self.budget = Budget(budget_kwh, budget_g, on_budget)
-        self._forecast_after = forecast_after
-        self.forecast = Forecast(forecast_after)
+        self.watch = Watch(self.budget, forecast_after)
         self.cards = CardWriter()
         self.metrics: dict[str, dict[str, float]] = {}
         self._stack: list[tuple[Any, Any]] = []
         self._spans: dict[str, Any] = {}
         self._tallies: dict[int, Tally] = {}
-        self._nested_j = 0.0
-        self._last_own_j = 0.0
-        self._last_step = 0
-        self._steps_start = 0
-        self._epochs_done = 0
-        self._budget_step: int | None = None
-        self._g_per_kwh = 0.0
 
     @property
     def meter(self) -> "meter.Meter | None":
@@ -160,13 +152,7 @@ class MeterCallback(pl.Callback):
         if not self._on(trainer):
             return
         self._abandon()
-        self._nested_j = self._last_own_j = 0.0
-        self._steps_start = self._last_step = trainer.global_step
-        self._epochs_done = 0
-        self._budget_step = None
-        self.budget.passed = None
-        self.forecast = Forecast(self._forecast_after)
-        self._g_per_kwh = self._meter.intensity().g_per_kwh
+        self.watch.start(self._meter, trainer.global_step)
         self._open("fit", "fit", kind="train", max_epochs=trainer.max_epochs, resumed_from_step=trainer.global_step or None)
 
     def on_sanity_check_start(self, trainer, pl_module):
@@ -175,7 +161,7 @@ class MeterCallback(pl.Callback):
 
     def on_sanity_check_end(self, trainer, pl_module):
         if self._measures(trainer) and "sanity" in self._spans:
-            self._nested_j += self._close("sanity").result.energy_j or 0.0
+            self.watch.nested(self._close("sanity"))
 
     def on_train_epoch_start(self, trainer, pl_module):
         if self._on(trainer) and "fit" in self._spans:
@@ -187,32 +173,16 @@ class MeterCallback(pl.Callback):
         if not self._measures(trainer) or "fit" not in self._spans:
             return
         self._count(("epoch", "fit"), batch)
-        step = trainer.global_step
-        if step == self._last_step or not (self.budget.active or self.log_metrics):
-            return  # gradient accumulation: not an optimizer step yet
-        snap = self._spans["fit"].snapshot()
-        if snap.energy_j is None:
-            return
-        own = snap.energy_j - self._nested_j
-        self.forecast.step((own - self._last_own_j) / (step - self._last_step))
-        self._last_own_j, self._last_step = own, step
-        total = trainer.estimated_stepping_batches
-        self.forecast.update(snap.energy_j, self._nested_j, step - self._steps_start,
-                             int(total) - self._steps_start if total and total != float("inf") else None,
-                             self._epochs_done > 0, self._g_per_kwh, self._meter.config.pue)
-        self.forecast.over_budget(self.budget)
-        g = snap.energy_j / 3.6e6 * self._meter.config.pue * self._g_per_kwh
-        if self.budget.active and self.budget.check(snap.energy_j, g, f"step {step}") and self.budget.action == "stop":
-            self._budget_step = step
+        if (self.budget.active or self.log_metrics) and self.watch.step(
+                self._spans["fit"], trainer.global_step, trainer.estimated_stepping_batches):
             trainer.should_stop = True
 
     def on_train_epoch_end(self, trainer, pl_module):
         if not self._measures(trainer) or "fit" not in self._spans:
             return
-        self._epochs_done += 1
-        values = self._figures("fit", "", self._nested_j)
-        if self.forecast.last is not None:
-            values.update({k: v for k, v in self.forecast.last.items() if not k.startswith("forecast_")})
+        self.watch.epoch_done = True
+        values = self._figures("fit", "", self.watch.nested_j)
+        values.update(self.watch.log_keys())
         self._log(pl_module, values)
         self.metrics["fit"] = values
 
@@ -221,10 +191,7 @@ class MeterCallback(pl.Callback):
             return
         self._close("epoch")
         fit = self._spans["fit"]
-        fit.tags.update(self.budget.tags())
-        fit.tags.update(self.forecast.tags())
-        if self._budget_step is not None:
-            fit.tags["stopped_at_step"] = self._budget_step
+        fit.tags.update(self.watch.tags())
         self._close("fit")
         self._finish(trainer, "fit")
 
@@ -253,7 +220,7 @@ class MeterCallback(pl.Callback):
         if self._measures(trainer) and not trainer.sanity_checking and "validate" in self._spans:
             span = self._close("validate")
             if "fit" in self._spans:
-                self._nested_j += span.result.energy_j or 0.0
+                self.watch.nested(span)
             else:
                 self._finish(trainer, "validate")
 

@@ -25,7 +25,8 @@ import sys
 import weakref
 from typing import Any
 
-from ._common import Budget, CardWriter, Forecast, Tally, figures, log, missing
+from ._common import Budget, CardWriter, Tally, Watch, figures, log, missing
+from ._hf import MID_STEP, generated_tokens, input_counts, metric_prefix, wrap_generate
 
 try:
     from transformers import TrainerCallback
@@ -38,27 +39,6 @@ import meter
 class TrainingInterrupted(Exception):
     """Stands for the exception that ended an earlier ``train()`` when it is not visible to a
     callback (a Trainer has no exception event); in notebooks ``sys.last_value`` gives the real one."""
-
-
-def _input_counts(args: tuple, kwargs: dict, main: str = "input_ids"):
-    """(samples, tokens, main input) of a forward's inputs; tokens may be a device tensor."""
-    ids = kwargs.get(main)
-    if ids is None:
-        ids = kwargs.get("input_ids")
-    if ids is None and args and hasattr(args[0], "shape"):
-        ids = args[0]
-    mask = kwargs.get("attention_mask")
-    if ids is None:
-        for v in kwargs.values():  # pixel_values, input_features, inputs_embeds: samples only
-            if hasattr(v, "shape") and len(v.shape) > 0:
-                return int(v.shape[0]), None, None
-        return None, None, None
-    if len(ids.shape) == 0:
-        return 1, None, ids
-    if ids.dtype.is_floating_point:  # features, not token ids
-        return int(ids.shape[0]), None, ids
-    tokens = mask.sum() if mask is not None and getattr(mask, "shape", None) == ids.shape else ids.numel()
-    return int(ids.shape[0]), tokens, ids
 
 
 class MeterCallback(TrainerCallback):
@@ -90,8 +70,7 @@ class MeterCallback(TrainerCallback):
         self.write_card = write_card
         self.log_metrics = log_metrics
         self.budget = Budget(budget_kwh, budget_g, on_budget)
-        self._forecast_after = forecast_after
-        self.forecast = Forecast(forecast_after)
+        self.watch = Watch(self.budget, forecast_after)
         self.cards = CardWriter()
         self._active: bool | None = None
         self._stack: list[tuple[Any, Any]] = []  # (Track, Span), innermost last
@@ -103,19 +82,12 @@ class MeterCallback(TrainerCallback):
         self._n_params = 0
         self._main_input = "input_ids"
         self._in_step = False
-        self._gen_depth = 0
         self._group: tuple | None = None  # counts of the current prediction step's inputs
         self._train_loaders: "weakref.WeakSet" = weakref.WeakSet()
         self._gradient_state = None
-        self._nested_eval_j = 0.0
-        self._last_own_j = 0.0
-        self._steps_start = 0
-        self._budget_step: int | None = None
         self._seen_exc = getattr(sys, "last_value", None)
         self._warned_late = False
         self._epochs = 0
-        self._epoch_done = False
-        self._g_per_kwh = 0.0
         self._last = ""  # the last Trainer event seen
         self._eval_loader = lambda: None
 
@@ -173,7 +145,8 @@ class MeterCallback(TrainerCallback):
                 count = getattr(model, "num_parameters", None)
                 self._n_params = count(exclude_embeddings=True) if callable(count) else 0
                 if callable(getattr(model, "generate", None)):
-                    self._wrap_generate(model)
+                    wrapper = wrap_generate(model, self._before_generate, functools.partial(self._count_generation, model))
+                    self._generate = (model, wrapper)
         return bool(self._active)
 
     def _unhook(self) -> None:
@@ -185,29 +158,6 @@ class MeterCallback(TrainerCallback):
             if model.__dict__.get("generate") is wrapper:
                 del model.generate
             self._generate = None
-
-    def _wrap_generate(self, model) -> None:
-        # generate() has no hook; wrapping it lets one prediction step count its inputs once and
-        # its generated tokens, instead of one "batch" per decoding step.
-        original = model.generate
-        cb = self
-
-        @functools.wraps(original)
-        def generate(*args, **kwargs):
-            outer = cb._gen_depth == 0 and not cb._in_step
-            if outer:
-                cb._outside_forward()
-            cb._gen_depth += 1
-            try:
-                out = original(*args, **kwargs)
-            finally:
-                cb._gen_depth -= 1
-            if outer:
-                cb._count_generation(model, args, kwargs, out)
-            return out
-
-        model.generate = generate
-        self._generate = (model, generate)
 
     def _open(self, name: str, **tags: Any):
         track = self._meter.track(name, tags={k: v for k, v in tags.items() if v is not None} or None)
@@ -249,10 +199,10 @@ class MeterCallback(TrainerCallback):
 
     # -- counting ------------------------------------------------------------------------------
     def _on_forward(self, module, args, kwargs):
-        if self._gen_depth:  # decoding steps inside generate(): its wrapper counts the inputs once
-            return None
+        if self._generate is not None and self._generate[1].meter_depth[0]:
+            return None  # decoding steps inside generate(): its wrapper counts the inputs once
         if self._in_step:
-            samples, tokens, ids = _input_counts(args, kwargs, self._main_input)
+            samples, tokens, ids = input_counts(args, kwargs, self._main_input)
             flops = 6.0 * ids.numel() * self._n_params if ids is not None and self._n_params else None
             for span in (self._epoch, self._train):
                 if span is not None:
@@ -263,7 +213,7 @@ class MeterCallback(TrainerCallback):
             return None
         self._outside_forward()
         if self._group is None:
-            samples, tokens, _ = _input_counts(args, kwargs, self._main_input)
+            samples, tokens, _ = input_counts(args, kwargs, self._main_input)
             self._group = (samples, tokens, None)
         return None
 
@@ -289,25 +239,21 @@ class MeterCallback(TrainerCallback):
         self._open_eval(active)
 
     def _open_eval(self, loader=None) -> None:
-        if self._train is None or self._last in _MID_STEP:
+        if self._train is None or self._last in MID_STEP:
             self._abandon()  # leftovers of an interrupted call, not a training that is running
         self._eval = self._open("evaluate", kind="evaluate")
         self._eval_loader = weakref.ref(loader) if loader is not None else (lambda: None)
         self._group = None
 
+    def _before_generate(self) -> bool:
+        if self._in_step:
+            return False
+        self._outside_forward()
+        return True
+
     def _count_generation(self, model, args, kwargs, out) -> None:
-        samples, tokens, ids = _input_counts(args, kwargs, "input_ids")
-        seq = getattr(out, "sequences", out)
-        generated = None
-        if hasattr(seq, "shape") and len(seq.shape) == 2:
-            cfg = getattr(model, "config", None)
-            start = 1 if getattr(cfg, "is_encoder_decoder", False) else (ids.shape[1] if ids is not None and len(ids.shape) == 2 else 0)
-            gen_cfg = kwargs.get("generation_config") or getattr(model, "generation_config", None)
-            pad = getattr(gen_cfg, "pad_token_id", None)
-            if pad is None:
-                pad = getattr(cfg, "pad_token_id", None)
-            new = seq[:, start:]
-            generated = (new != pad).sum() if pad is not None else new.numel()
+        samples, tokens, ids = input_counts(args, kwargs, "input_ids")
+        generated = generated_tokens(model, kwargs, ids, out)
         if self._group is None:
             self._group = (samples, tokens, generated)
         elif generated is not None:
@@ -327,14 +273,8 @@ class MeterCallback(TrainerCallback):
         self._abandon()
         self._last = "train_begin"
         self._seen_exc = getattr(sys, "last_value", None)
-        self._steps_start = state.global_step
-        self._nested_eval_j = self._last_own_j = 0.0
-        self._budget_step = None
+        self.watch.start(self._meter, state.global_step)
         self._epochs = 0
-        self._epoch_done = False
-        self._g_per_kwh = self._meter.intensity().g_per_kwh
-        self.budget.passed = None
-        self.forecast = Forecast(self._forecast_after)
         self._train_loaders = weakref.WeakSet()
         self._train = self._open(
             "train", kind="train", epochs=args.num_train_epochs, max_steps=state.max_steps,
@@ -374,34 +314,19 @@ class MeterCallback(TrainerCallback):
         if not self._active or self._train is None:
             return
         self._drop_group()
-        if not (self.budget.active or self.log_metrics):
-            return
-        snap = self._train.snapshot()
-        if snap.energy_j is None:
-            return
-        own = snap.energy_j - self._nested_eval_j
-        self.forecast.step(own - self._last_own_j)
-        self._last_own_j = own
-        self.forecast.update(snap.energy_j, self._nested_eval_j, state.global_step - self._steps_start,
-                             (state.max_steps - self._steps_start) if state.max_steps else None, self._epoch_done,
-                             self._g_per_kwh, self._meter.config.pue)
-        self.forecast.over_budget(self.budget)
-        if self.budget.active:
-            g = snap.energy_j / 3.6e6 * self._meter.config.pue * self._g_per_kwh
-            if self.budget.check(snap.energy_j, g, f"step {state.global_step}") and self.budget.action == "stop":
-                self._budget_step = state.global_step
-                control.should_training_stop = True
-                control.should_log = True
-                if str(getattr(args.save_strategy, "value", args.save_strategy)) != "no":
-                    control.should_save = True
+        if (self.budget.active or self.log_metrics) and self.watch.step(self._train, state.global_step, state.max_steps):
+            control.should_training_stop = True
+            control.should_log = True
+            if str(getattr(args.save_strategy, "value", args.save_strategy)) != "no":
+                control.should_save = True
 
     def on_epoch_end(self, args, state, control, **kwargs):
         # The epoch stays open through the evaluation that follows; it closes at the next epoch's
         # start or at the end of training. After a budget stop nothing more runs.
         self._last = "epoch_end"
         self._drop_group()
-        self._epoch_done = True
-        if self._budget_step is not None and self._budget_step == state.global_step:
+        self.watch.epoch_done = True
+        if self.watch.stopped_at is not None and self.watch.stopped_at == state.global_step:
             control.should_evaluate = False
             control.should_save = False
 
@@ -414,10 +339,7 @@ class MeterCallback(TrainerCallback):
         self._drop_group()
         self._close(self._epoch)
         self._epoch = None
-        self._train.tags.update(self.budget.tags())
-        self._train.tags.update(self.forecast.tags())
-        if self._budget_step is not None:
-            self._train.tags["stopped_at_step"] = self._budget_step
+        self._train.tags.update(self.watch.tags())
         self._close(self._train)
         self._train = None
         if self.write_card and state.is_world_process_zero:
@@ -455,12 +377,12 @@ class MeterCallback(TrainerCallback):
             span.rename(rename)
             span.tags["kind"] = rename
         if metrics is not None and self.log_metrics:
-            prefix = _metric_prefix(metrics, "test" if rename else "eval")
+            prefix = metric_prefix(metrics, "test" if rename else "eval")
             metrics.update({k: v for k, v in self._stage_figures(span, prefix).items() if k not in metrics})
         self._close(span)
         self._eval = None
         if self._train is not None:
-            self._nested_eval_j += span.result.energy_j or 0.0
+            self.watch.nested(span)
         elif self.write_card and state.is_world_process_zero:
             self.cards.defer(self._meter, args.output_dir)
 
@@ -474,16 +396,15 @@ class MeterCallback(TrainerCallback):
         if not self._active or not self.log_metrics or logs is None:
             return
         if self._eval is not None and any(k.endswith("_runtime") for k in logs):
-            values = self._stage_figures(self._eval, _metric_prefix(logs, "eval"))
+            values = self._stage_figures(self._eval, metric_prefix(logs, "eval"))
         elif self._train is not None:
             self._tallies[self._train.span_id].flush(self._train)
             snap = self._train.snapshot()
             if snap.energy_j is None:
                 return
-            nested = self._nested_eval_j + (self._eval.snapshot().energy_j or 0.0 if self._eval is not None else 0.0)
+            nested = self.watch.nested_j + (self._eval.snapshot().energy_j or 0.0 if self._eval is not None else 0.0)
             values = figures(self._meter, snap, snap.energy_j - nested, snap.counts, "")
-            if self.forecast.last is not None:
-                values.update({k: v for k, v in self.forecast.last.items() if not k.startswith("forecast_")})
+            values.update(self.watch.log_keys())
         else:
             return
         values = {k: v for k, v in values.items() if k not in logs}
@@ -491,14 +412,3 @@ class MeterCallback(TrainerCallback):
         # Trainer.log appended a copy of these logs to log_history just before this event.
         if state.log_history and all(state.log_history[-1].get(k) == v for k, v in logs.items() if k not in values):
             state.log_history[-1].update(values)
-
-
-_MID_STEP = ("step_begin", "substep_end", "pre_optimizer_step", "optimizer_step")
-
-
-def _metric_prefix(metrics: dict, default: str) -> str:
-    """The Trainer's metric_key_prefix (``eval``, ``test``, ``eval_<name>``) from its speed metrics."""
-    for k in metrics:
-        if k.endswith("_runtime"):
-            return k[: -len("runtime")]
-    return default + "_"
