@@ -258,3 +258,23 @@ def test_without_attach_a_callback_listed_before_meter_misses_its_keys(tmp_path)
     trainer.train()
     assert seen and not any("energy_kwh" in keys for keys in seen)  # why the docs say: attach(), or list meter first
     assert all("energy_kwh" in h for h in trainer.state.log_history)  # the history has them either way
+
+
+def test_eval_on_start_and_several_eval_sets(tmp_path):
+    energy = Energy(tmp_path)
+    cb = MeterCallback(meter=energy.meter)
+    spend = SpendPerStep(energy, per_step=10.0, per_eval_batch=1.0)
+    evals = {"a": ToyDataset(8, 2), "b": ToyDataset(4, 3)}
+    trainer = transformers.Trainer(model=tiny_bert(), args=args(tmp_path / "out", num_train_epochs=1, eval_strategy="epoch",
+                                                                eval_on_start=True),
+                                   train_dataset=ToyDataset(16, 1), eval_dataset=evals, callbacks=[spend, cb])
+    trainer.train()
+    df = spans(energy.meter)
+    # before the first epoch the evaluations nest under train; after it, under the epoch
+    assert df["path"].tolist() == ["train/evaluate", "train/evaluate", "train/epoch-1/evaluate", "train/epoch-1/evaluate",
+                                   "train/epoch-1", "train"]
+    assert df["samples"].tolist() == [8, 4, 8, 4, 16, 16]
+    assert df["energy_j"].tolist()[:4] == pytest.approx([2.0, 1.0, 2.0, 1.0])
+    logs = [h for h in trainer.state.log_history if "eval_a_loss" in h or "eval_b_loss" in h]
+    assert [round(h.get("eval_a_energy_per_sample_j", h.get("eval_b_energy_per_sample_j")), 6) for h in logs] == [0.25] * 4
+    assert df.set_index("path").loc["train", "energy_j"] == pytest.approx(2 * 10.0 + 6.0)
