@@ -161,3 +161,19 @@ def test_forecast_within_its_band_on_a_steady_run(tmp_path):
     card = json.loads((tmp_path / "efficiency_card.json").read_text())
     (fc,) = card["runs"][0]["forecasts"]
     assert fc["at_step"] == 3 and fc["steps"] == 40 and fc["within_band"] is True
+
+
+def test_stand_alone_validate_and_test_are_measured_and_logged(tmp_path):
+    trainer, cb, m = make(tmp_path)
+    model = Tiny()
+    (val,) = trainer.validate(model, loader(10, 1))
+    (test,) = trainer.test(model, loader(15, 2))
+    df = rows(m).set_index("path")
+    assert list(df.index) == ["validate", "test"]
+    assert df.loc["validate", "samples"] == 10 and df.loc["test", "samples"] == 15
+    assert df.loc["validate", "energy_j"] == pytest.approx(2.0) and df.loc["test", "energy_j"] == pytest.approx(3.0)
+    assert val["val_energy_kwh"] == pytest.approx(2.0 / 3.6e6) and test["test_energy_per_sample_j"] == pytest.approx(3.0 / 15)
+    assert not (tmp_path / "efficiency_card.json").exists()
+    cb.write_cards()
+    card = json.loads((tmp_path / "efficiency_card.json").read_text())
+    assert [s["kind"] for s in card["runs"][0]["stages"]] == ["evaluate", "evaluate"]
