@@ -1,4 +1,4 @@
-"""A plain PyTorch loop measured per stage, with FLOP counting and per-100-step spans.
+"""A plain PyTorch loop measured per stage, with FLOP counting, per-100-step spans and J/W in a tqdm bar.
 
     python examples/torch_loop.py [--region FR]
 """
@@ -6,6 +6,7 @@
 import argparse
 
 import torch
+from tqdm import tqdm
 
 import meter
 from meter.integrations.torch import counted, stage
@@ -27,7 +28,8 @@ def main(argv=None):
         with stage("train", meter_=m, flops=True):
             for epoch in range(2):
                 with m.track(f"epoch-{epoch + 1}"):
-                    for xb, yb in counted(loader, every=100):
+                    bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False)
+                    for xb, yb in counted(bar, every=100, progress=True):
                         opt.zero_grad()
                         torch.nn.functional.cross_entropy(model(xb), yb).backward()
                         opt.step()
@@ -38,6 +40,11 @@ def main(argv=None):
     train = df[df["path"] == "train"].iloc[0]
     print(f"\naccuracy {acc:.3f}; training: {train['flops']:.3g} FLOPs, {train['flops'] / train['duration_s']:.3g} FLOP/s, "
           f"{train['flops'] / train['energy_j']:.3g} FLOP/J")
+    from meter.report.model import build
+
+    card_train = next(s for s in build(m.run_dir)["runs"][0]["stages"] if s["path"] == "train")
+    print(f"train counted no samples itself; the card sums its epochs: {card_train['samples']:.0f} samples "
+          f"({', '.join(card_train['counts_from_children'])} from sub-stages), {card_train['energy_per_sample_j']:.3g} J/sample")
 
 
 if __name__ == "__main__":

@@ -16,9 +16,15 @@ for your own use. Uses meter's public API only.
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Any, Iterable, Iterator
 
-import torch
+from ._common import Tally, missing
+
+try:
+    import torch
+except ImportError as _exc:  # pragma: no cover - exercised in a subprocess without torch
+    raise missing("torch", "torch", "meter.integrations.torch", _exc) from _exc
 
 import meter
 
@@ -29,52 +35,100 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def batch_counts(batch: Any) -> tuple[int | None, int | None]:
-    """(samples, tokens) of a batch: a tensor, a (inputs, targets) tuple or a dict with
-    ``input_ids`` and optionally ``attention_mask`` (tokens = mask sum, so padding is not counted)."""
+def lazy_counts(batch: Any) -> tuple[int | None, Any]:
+    """(samples, tokens) of a batch without reading the device: tokens may be a tensor
+    (``attention_mask.sum()``) for :class:`~meter.integrations._common.Tally` to sum on the device."""
     if isinstance(batch, dict):
         ids, mask = batch.get("input_ids"), batch.get("attention_mask")
         if ids is not None:
-            return int(ids.shape[0]), int(mask.sum()) if mask is not None else int(ids.numel())
+            return int(ids.shape[0]), mask.sum() if mask is not None else ids.numel()
         first = next((v for v in batch.values() if isinstance(v, torch.Tensor) and v.dim() > 0), None)
         return (int(first.shape[0]) if first is not None else None), None
     if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], torch.Tensor):
-        return int(batch[0].shape[0]), None
+        return (int(batch[0].shape[0]) if batch[0].dim() > 0 else None), None
     if isinstance(batch, torch.Tensor) and batch.dim() > 0:
         return int(batch.shape[0]), None
     return None, None
 
 
+def batch_counts(batch: Any) -> tuple[int | None, int | None]:
+    """(samples, tokens) of a batch: a tensor, a (inputs, targets) tuple or a dict with
+    ``input_ids`` and optionally ``attention_mask`` (tokens = mask sum, so padding is not counted).
+    Reads the token count from the device; loops use :func:`counted`, which does not."""
+    samples, tokens = lazy_counts(batch)
+    return samples, (None if tokens is None else int(tokens))
+
+
 def counted(iterable: Iterable, *, every: int | None = None, name: str = "steps", meter_: "meter.Meter | None" = None,
-            span: "meter.Span | None" = None, tokens: bool = True) -> Iterator:
+            span: "meter.Span | None" = None, tokens: bool = True, progress: Any = None,
+            progress_every_s: float = 1.0) -> Iterator:
     """Yield the batches of ``iterable``, adding each one's samples (and tokens) to ``span`` (by
     default the span open when iteration starts). With ``every=N``, each group of N steps runs
-    inside its own child span ``{name}-{first}-{last}``, which gets the counts too."""
-    if every is not None and (not isinstance(every, int) or every < 1):
+    inside its own child span ``{name}-{first}-{last}`` (the steps it really ran), which gets the
+    counts too. Token counts stay on the device until a child span closes or the loop ends.
+
+    ``progress``: a tqdm bar (or ``True`` when ``iterable`` is one) whose postfix shows the joules
+    and average watts of ``span`` so far, refreshed at most every ``progress_every_s`` seconds.
+    """
+    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
         raise meter.ConfigError(f"every={every!r}: give a positive number of steps, or None")
+    bar = iterable if progress is True else progress
+    if bar is not None and not callable(getattr(bar, "set_postfix", None)):
+        raise meter.ConfigError("progress=: give a tqdm bar (anything with set_postfix), or True when iterating one")
     target = span if span is not None else meter.current_span()
-    open_track = None
-    child = None
-    step = 0
+    outer, inner = Tally(), Tally()
+    open_track = child = None
+    first = step = 0
+    shown = 0.0
+
+    def close_child() -> None:
+        nonlocal open_track, child
+        if open_track is None:
+            return
+        inner.flush(child)
+        outer.flush(target)
+        if step - 1 != first + every - 1:
+            child.rename(f"{name}-{first}-{step - 1}")
+        open_track.__exit__(None, None, None)
+        open_track = child = None
+
     try:
         for batch in iterable:
             if every is not None and step % every == 0:
-                if open_track is not None:
-                    open_track.__exit__(None, None, None)
+                close_child()
                 factory = meter_.track if meter_ is not None else (target.meter.track if target is not None else meter.track)
                 open_track = factory(f"{name}-{step}-{step + every - 1}")
                 child = open_track.__enter__()
-            samples, toks = batch_counts(batch)
+                first = step
+            samples, toks = lazy_counts(batch)
             if not tokens:
                 toks = None
-            for s in (target, child):
-                if s is not None and not s.closed:
-                    s.add(samples=samples, tokens=toks)
+            outer.add(samples, toks)
+            if child is not None:
+                inner.add(samples, toks)
             step += 1
             yield batch
+            # After the step ran and before the bar draws the next one (a tqdm bar closes itself
+            # when its iterable ends, so there is no later chance for the last step).
+            if bar is not None and time.monotonic() - shown >= progress_every_s:
+                shown = time.monotonic()
+                show_progress(bar, target if target is not None else child)
     finally:
-        if open_track is not None:
-            open_track.__exit__(None, None, None)
+        close_child()
+        outer.flush(target)
+
+
+def show_progress(bar: Any, span: "meter.Span | None") -> None:
+    """Put a span's joules and average watts so far into a tqdm bar's postfix."""
+    if span is None:
+        return
+    snap = span.snapshot()
+    if snap.energy_j is None:
+        return
+    post = {"J": f"{snap.energy_j:.4g}"}
+    if snap.avg_power_w is not None:
+        post["W"] = f"{snap.avg_power_w:.4g}"
+    bar.set_postfix(post, refresh=True)
 
 
 class FlopCount:

@@ -66,7 +66,14 @@ def _stage(row: dict, rows_by_parent: dict, kinds: dict) -> dict[str, Any]:
         else:
             stack.extend(rows_by_parent.get(c["span_id"], []))
     own = energy - other if energy is not None else None
-    samples, tokens, flops = _num(row.get("samples")), _num(row.get("tokens")), _num(row.get("flops"))
+    counts = {c: _num(row.get(c)) for c in COUNTS}
+    derived = []
+    for c in COUNTS:
+        if counts[c] is None:
+            counts[c] = _child_counts(sid, c, kind, rows_by_parent, kinds)
+            if counts[c] is not None:
+                derived.append(c)
+    samples, tokens, flops, out_tokens = counts["samples"], counts["tokens"], counts["flops"], counts["output_tokens"]
     pue = _num(row.get("pue")) or 1.0
     comps = {}
     for comp in ("gpu", "cpu", "dram"):
@@ -92,10 +99,52 @@ def _stage(row: dict, rows_by_parent: dict, kinds: dict) -> dict[str, Any]:
         "energy_per_1k_tokens_j": _ratio(own * 1000 if own is not None else None, tokens),
         "emissions_per_sample_g": _ratio(em * own / energy if (em is not None and own is not None and energy) else None, samples),
         "flops_per_s": _ratio(flops, duration), "flops_per_j": _ratio(flops, own),
+        "output_tokens": out_tokens, "energy_per_output_token_j": _ratio(own, out_tokens),
+        "counts_from_children": derived,
         "peak_gpu_memory_bytes": _num(tags.get("peak_gpu_memory_bytes")),
         "tags": tags,
         "warnings": [w for w in str(row.get("warnings") or "").split("; ") if w],
     }
+
+
+COUNTS = ("samples", "tokens", "output_tokens", "flops")
+
+
+def _child_counts(sid: int, count: str, kind: str, rows_by_parent: dict, kinds: dict) -> float | None:
+    """Sum of a count over the nearest sub-stages of the same kind that have it (a parent that
+    counted nothing itself, e.g. ``finetune`` over its epochs); None when none has it."""
+    total, found = 0.0, False
+    for c in rows_by_parent.get(sid, []):
+        if kinds[c["span_id"]] != kind:
+            continue
+        v = _num(c.get(count))
+        if v is None:
+            v = _child_counts(c["span_id"], count, kind, rows_by_parent, kinds)
+        if v is not None:
+            total, found = total + v, True
+    return total if found else None
+
+
+def _budget_forecast(stages: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Budget outcomes and forecast-vs-actual rows of the stages that recorded them (tags)."""
+    budgets, forecasts = [], []
+    for s in stages:
+        t = s["tags"]
+        if t.get("budget_outcome"):
+            budgets.append({"path": s["path"], "budget_kwh": _num(t.get("budget_kwh")), "budget_g": _num(t.get("budget_g")),
+                            "action": t.get("budget_action"), "outcome": t.get("budget_outcome"),
+                            "stopped_at_step": _num(t.get("stopped_at_step")), "energy_kwh": s["energy_kwh"],
+                            "emissions_g": s["emissions_g"]})
+        f = _num(t.get("energy_forecast_kwh"))
+        if f is not None:
+            lo, hi = _num(t.get("energy_forecast_low_kwh")), _num(t.get("energy_forecast_high_kwh"))
+            act = s["energy_kwh"]
+            forecasts.append({"path": s["path"], "forecast_kwh": f, "low_kwh": lo, "high_kwh": hi,
+                              "at_step": _num(t.get("forecast_at_step")), "steps": _num(t.get("forecast_steps")),
+                              "actual_kwh": act, "error": _ratio(act - f, f) if act is not None else None,
+                              "within_band": (lo <= act <= hi) if None not in (lo, hi, act) else None,
+                              "complete_run": not t.get("stopped_at_step") and s["status"] == "complete"})
+    return budgets, forecasts
 
 
 def _run(info: dict, rows: list[dict]) -> dict[str, Any]:
@@ -111,7 +160,8 @@ def _run(info: dict, rows: list[dict]) -> dict[str, Any]:
     def kind_of(r):
         if r["span_id"] in kinds:
             return kinds[r["span_id"]]
-        tags = {k[4:]: v for k, v in r.items() if k.startswith("tag_")}
+        # NaN where another span of the run has the tag and this one has not
+        tags = {k[4:]: v for k, v in r.items() if k.startswith("tag_") and not (isinstance(v, float) and math.isnan(v))}
         k = stage_kind(str(r["name"]), tags)
         pid = _num(r.get("parent_id"))
         if k == "other" and pid is not None and int(pid) in by_id:
@@ -122,6 +172,7 @@ def _run(info: dict, rows: list[dict]) -> dict[str, Any]:
     for r in rows:
         kind_of(r)
     stages = [_stage(r, by_parent, kinds) for r in rows]
+    budgets, forecasts = _budget_forecast(stages)
     host = info.get("host") or {}
     inten = {k: rows[0].get(f"intensity_{k}") for k in ("g_per_kwh", "zone", "name", "source", "year", "kind", "factor", "method", "note")} if rows else {}
     top = [s for s in stages if s["depth"] == 0]
@@ -141,6 +192,7 @@ def _run(info: dict, rows: list[dict]) -> dict[str, Any]:
         "sensors": info.get("channels", []), "unavailable": info.get("unavailable", []), "notes": info.get("notes", []),
         "faults": info.get("faults", []),
         "stages": stages,
+        "budgets": budgets, "forecasts": forecasts,
         "totals": {
             "wall_time_s": wall, "stage_time_s": sum(s["duration_s"] for s in top),
             "energy_j": total_e, "energy_kwh": j_to_kwh(total_e),

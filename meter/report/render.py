@@ -59,6 +59,8 @@ def stage_rows(run: dict) -> list[list[str]]:
     rows = []
     for s in run["stages"]:
         name = "&nbsp;&nbsp;" * s["depth"] + s["name"] + ("" if s["status"] == "complete" else f" ({s['status']})")
+        if s.get("counts_from_children"):
+            name += " †"
         rows.append([
             name, s["kind"], fmt(s["duration_s"]), kwh(s["energy_j"]), _comp(s, "gpu"), _comp(s, "cpu"), _comp(s, "dram"),
             fmt(s["avg_power_w"]), fmt(s["peak_power_w"]), fmt(s["emissions_g"]), fmt(s["samples_per_s"]),
@@ -98,6 +100,7 @@ def markdown(card: dict) -> str:
         out += md_table(STAGE_HEAD, stage_rows(run))
         out += ["", LEGEND, "Energy is inclusive of nested stages; J/sample, J/1k tokens and FLOP/J use the stage's own "
                 "energy (nested stages of another kind, such as evaluation inside an epoch, excluded).", ""]
+        out += extra_sections(run)
         out += ["## Sensors", ""]
         for c in run["sensors"]:
             d = c.get("details") or {}
@@ -118,6 +121,41 @@ def markdown(card: dict) -> str:
                 f"{a['runs']} runs: {fmt(a['wall_time_s'])} s, {fmt(a['energy_kwh'])} kWh IT, "
                 f"{fmt(a['facility_energy_kwh'])} kWh facility, {fmt(a['emissions_g'])} gCO2eq.", ""]
     return "\n".join(out)
+
+
+def extra_sections(run: dict) -> list[str]:
+    """Derived counts, generation, budget and forecast: present only for runs that have them."""
+    out: list[str] = []
+    derived = [s for s in run["stages"] if s.get("counts_from_children")]
+    if derived:
+        out += ["† " + "; ".join(f"{s['path']}: {', '.join(s['counts_from_children'])}" for s in derived)
+                + ": the sum of its sub-stages of the same kind (the stage counted none itself).", ""]
+    gen = [s for s in run["stages"] if s.get("output_tokens")]
+    if gen:
+        out += ["## Generation", ""]
+        out += md_table(["stage", "samples", "input tokens", "output tokens", "J/sample", "J/output token", "output tokens/s"], [
+            [s["path"], fmt(s["samples"]), fmt(s["tokens"]), fmt(s["output_tokens"]), fmt(s["energy_per_sample_j"]),
+             fmt(s["energy_per_output_token_j"]), fmt(s["output_tokens"] / s["duration_s"] if s["duration_s"] else None)]
+            for s in gen])
+        out.append("")
+    if run.get("budgets") or run.get("forecasts"):
+        out += ["## Budget and forecast", ""]
+        for b in run.get("budgets", []):
+            limit = " and ".join(x for x in (f"{fmt(b['budget_kwh'])} kWh" if b["budget_kwh"] else "",
+                                             f"{fmt(b['budget_g'])} gCO2eq" if b["budget_g"] else "") if x)
+            out.append(f"- Budget of `{b['path']}`: {limit} (on_budget={b['action']}): {b['outcome']}; used "
+                       f"{fmt(b['energy_kwh'])} kWh, {fmt(b['emissions_g'])} gCO2eq.")
+        if run.get("forecasts"):
+            if run.get("budgets"):
+                out.append("")
+            out += md_table(["stage", "forecast at step", "forecast (kWh)", "band (kWh)", "actual (kWh)", "error", "within band"], [
+                [f["path"], f"{fmt(f['at_step'])} of {fmt(f['steps'])}", fmt(f["forecast_kwh"]),
+                 f"{fmt(f['low_kwh'])} to {fmt(f['high_kwh'])}", fmt(f["actual_kwh"]),
+                 f"{f['error'] * 100:+.1f}%" if f["error"] is not None else "-",
+                 ("yes" if f["within_band"] else "no") if f["complete_run"] else "run stopped early"]
+                for f in run["forecasts"]])
+        out.append("")
+    return out
 
 
 def to_json(card: dict) -> str:
