@@ -137,6 +137,7 @@ def test_exception_closes_spans_and_a_new_fit_starts_a_clean_tree(tmp_path):
     assert set(df["path"]) == {"fit", "fit/epoch-1", "fit/epoch-2"}
     broken = df[df["tag_interrupted"] == True]  # noqa: E712
     assert set(broken["path"]) == {"fit", "fit/epoch-1"} and set(broken["tag_exception"]) == {"RuntimeError"}
+    assert set(broken["status"]) == {"incomplete"}
     assert broken.set_index("path").loc["fit", "samples"] == 15  # 3 batches before the interrupt
 
 

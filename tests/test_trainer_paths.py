@@ -202,6 +202,7 @@ def test_retry_after_an_exception_starts_a_clean_tree(tmp_path, monkeypatch):
     broken = first[first["tag_interrupted"] == True]  # noqa: E712
     assert set(broken["path"]) == {"train", "train/epoch-1"}
     assert set(broken["tag_exception"]) == {"KeyboardInterrupt"}
+    assert set(broken["status"]) == {"incomplete"}
     ok = df[(df["depth"] == 0) & (df["tag_interrupted"] != True)]  # noqa: E712
     assert ok["samples"].tolist() == [80]
 
