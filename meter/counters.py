@@ -142,14 +142,21 @@ class PowerIntegral:
         self.t, self.p = t, power_w
         self.hist.append((t, self.value))
 
+    def at(self, t: float, extend_s: float = 0.05) -> float:
+        """The integral at ``t``: after the newest point, extended at the newest power for at
+        most ``extend_s`` (a poll that is older says nothing about now)."""
+        if self.t is None or self.p is None or t <= self.t:
+            return self.value
+        return self.value + self.p * min(t - self.t, extend_s)
+
     def since(self, u: float, now: float, fallback_w: float) -> float:
-        """Joules from moment ``u`` to the newest point (taken at ``now``): interpolated in the
-        history where it reaches back that far, else ``fallback_w`` times ``now - u``."""
+        """Joules from moment ``u`` to ``now``: interpolated in the history where it reaches
+        back that far, else ``fallback_w`` times ``now - u``."""
         pts = self.hist
         if len(pts) >= 2 and pts[0][0] <= u:
             for k in range(len(pts) - 1, 0, -1):  # newest interval first
                 (t0, e0), (t1, e1) = pts[k - 1], pts[k]
                 if t0 <= u:
                     frac = (u - t0) / (t1 - t0) if t1 > t0 else 0.0
-                    return self.value - (e0 + (e1 - e0) * frac)
+                    return self.at(now) - (e0 + (e1 - e0) * frac)
         return fallback_w * max(0.0, now - u)

@@ -39,6 +39,9 @@ IDLE_W = 1.0
 #: SLACK_S), the slack covering a coarse counter's update (NVML: <= 100 ms) arriving at once.
 PLAUSIBLE_FACTOR = 2.0
 SLACK_S = 0.25
+#: A span edge reads coarse counters' instantaneous power itself only when the last poll is
+#: older than this: back-to-back span edges share one reading.
+EDGE_FRESH_S = 0.005
 #: Polled-power points kept per coarse counter: at ~20 ms, about two update periods of history.
 PINT_HISTORY = 16
 #: The coarse energy timeline (for time-resolved emissions in-process) keeps one point this often.
@@ -161,6 +164,7 @@ class Odometer:
         # Counters that learn their period are presumed coarse until proven otherwise: their
         # instantaneous power is polled and integrated from the start (sensor index -> channels).
         self._aux: dict[int, list[int]] = {}
+        self._aux_t = -1e18  # when instantaneous power was last polled
         for si, sensor in enumerate(self._sensors):
             if hasattr(sensor, "read_power"):
                 for k in range(len(sensor.channels)):
@@ -212,9 +216,12 @@ class Odometer:
             self._update(t, wall, _read(s), self._starts[si])
         lag = pint = None
         if self._aux:
-            self._read_aux(t)
-            lag = tuple(c.lag_j(t) for c in self._c)
-            pint = tuple(c.pint.value if c.pint is not None else 0.0 for c in self._c)
+            # A span edge reads instantaneous power only when the last poll is stale; otherwise
+            # the polled integral is extended to now at the last polled power.
+            if t - self._aux_t > EDGE_FRESH_S:
+                self._read_aux(t)
+            lag = tuple([c.lag_j(t) for c in self._c])
+            pint = tuple([c.pint.at(t) if c.pint is not None else 0.0 for c in self._c])
         c = self._c
         return Snapshot(t, wall, tuple([x.odo for x in c]), tuple([x.power for x in c]), len(self.faults), lag, pint,
                         self._periods)
@@ -361,6 +368,7 @@ class Odometer:
     def _read_aux(self, t: float) -> None:
         """Instantaneous power of coarse counters replaces the rate derived from the counter and
         is integrated into a power odometer for spans too short for the counter."""
+        self._aux_t = t
         for si, idx in self._aux.items():
             try:
                 p = self._sensors[si].read_power()
