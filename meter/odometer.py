@@ -186,6 +186,11 @@ class Odometer:
         return bool(self._fast or self._aux)
 
     @property
+    def power_only(self) -> bool:
+        """Some channel has no counter: its power must be polled fast all the time."""
+        return bool(self._fast)
+
+    @property
     def learning(self) -> bool:
         """Some counter's update period (or grid) is still being learned."""
         return any(c.learns and c.alive and (not c.learner.known or (c.grid is not None and not c.grid.ready))

@@ -24,18 +24,21 @@ class Recorder:
         self._open: dict[int, Any] = {}
         self._closed: deque = deque()
         self._inflight_t: float | None = None  # close time of the oldest span taken, not yet written
-        self.dirty = False  # the set of open spans changed since the last heartbeat
+        self.dirty = False
+        self.last_edge = -1e18  # time.monotonic() of the last span entry or exit  # the set of open spans changed since the last heartbeat
 
     # -- under the odometer lock ---------------------------------------------------------------
     def opened(self, span) -> None:
         span._peak = {}
         self._open[span.span_id] = span
         self.dirty = True
+        self.last_edge = time.monotonic()
 
     def closed(self, span) -> dict[str, float]:
         """Forget an open span; its peak power so far, to freeze into its result."""
         self._open.pop(span.span_id, None)
         self.dirty = True
+        self.last_edge = time.monotonic()
         return dict(span._peak)
 
     def observe(self, snap) -> None:
@@ -66,6 +69,10 @@ class Recorder:
                 "counts": dict(s.counts), "tags": dict(s.tags),
             })
         return out
+
+    def active(self, within_s: float) -> bool:
+        """Spans came or went within the last ``within_s`` seconds: short spans may be running."""
+        return time.monotonic() - self.last_edge < within_s
 
     def open_spans(self) -> list:
         return list(self._open.values())

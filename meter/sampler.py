@@ -21,9 +21,11 @@ from typing import Callable
 
 log = logging.getLogger("meter")
 
-#: Power-only channels and coarse counters' power are polled this often, with random jitter:
-#: at 10 Hz a 4 Hz square wave is misread by ~10%.
+#: Power-only channels are polled this often, with random jitter (at 10 Hz a 4 Hz square wave
+#: is misread by ~10%); so is coarse counters' instantaneous power, but only while spans come
+#: and go (within ACTIVE_S of a span's entry or exit), where it corrects short spans.
 FAST_POWER_INTERVAL_S = 0.02
+ACTIVE_S = 1.0
 #: For up to PROBE_S after start the thread reads learning counters every PROBE_INTERVAL_S (as
 #: Zeus does): at 10 Hz a 10 Hz counter never looks flat. It stops early once every period is
 #: known, or after PROBE_IDLE_S if no counter moved at all (an idle device teaches nothing).
@@ -38,8 +40,10 @@ REANCHOR_S = 30.0
 class Sampler:
     """Schedules reads of ``odometer`` and calls ``tick`` every ``interval_s`` on its thread."""
 
-    def __init__(self, odometer, interval_s: float, tick: Callable[[], None], on_first_error: Callable[[], None] | None = None):
+    def __init__(self, odometer, interval_s: float, tick: Callable[[], None], on_first_error: Callable[[], None] | None = None,
+                 active: Callable[[], bool] | None = None):
         self.odometer = odometer
+        self._active = active  # whether fast polling changes an answer now (spans coming and going)
         self.interval_s = interval_s
         self._tick_fn = tick
         self._on_first_error = on_first_error
@@ -148,7 +152,7 @@ class Sampler:
                     pins, bursting = None, False
                 if probing or bursting:
                     fast = PROBE_INTERVAL_S
-                elif odo.has_fast:
+                elif odo.has_fast and (odo.power_only or self._active is None or self._active()):
                     base = self.fast_interval_s or min(self.interval_s, FAST_POWER_INTERVAL_S)
                     fast = base * random.uniform(0.5, 1.5)
                 else:

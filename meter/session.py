@@ -45,7 +45,10 @@ class Session:
         self.info = info
         self.interval_s = interval_s
         self.ctx = RunContext(make_plan(odometer.channels), odometer.faults, run_id, interval_s)
-        self.sampler = Sampler(odometer, interval_s, self.tick, on_first_error=self._record_error)
+        from .sampler import ACTIVE_S
+
+        self.sampler = Sampler(odometer, interval_s, self.tick, on_first_error=self._record_error,
+                               active=lambda: self.recorder.active(ACTIVE_S))
         self.last = odometer.read()
         self.dropped_records = 0
 
