@@ -54,6 +54,7 @@ class UpdateGrid:
 
     def __init__(self, keep: int = 32):
         self.points: deque[float] = deque(maxlen=keep)
+        self.pins = 0  # grid points pinned so far (the deque keeps only the last ``keep``)
         self.period: float | None = None
         self.anchor: float | None = None
 
@@ -63,6 +64,7 @@ class UpdateGrid:
         if t - t_prev > TIGHT_S or period_hint <= 0:
             return False
         self.points.append((t_prev + t) / 2)
+        self.pins += 1
         base = self.period or period_hint
         u0 = self.points[0]
         ks = [round((u - u0) / base) for u in self.points]

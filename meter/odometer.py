@@ -203,7 +203,7 @@ class Odometer:
         return [c.raw for c in self._c if c.learns]
 
     def grid_points(self) -> dict[int, int]:
-        return {i: len(c.grid.points) for i, c in enumerate(self._c) if c.grid is not None and c.alive}
+        return {i: c.grid.pins for i, c in enumerate(self._c) if c.grid is not None and c.alive}
 
     def period_s(self, i: int) -> float:
         return self._c[i].period_s
