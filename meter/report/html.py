@@ -30,7 +30,7 @@ h1{font-size:1.5rem}h2{font-size:1.2rem;margin-top:2.2rem;border-bottom:1px soli
 th,td{border:1px solid #ccc;padding:.25rem .5rem;text-align:right;white-space:nowrap}th{background:#f3f3f3}
 td:first-child,th:first-child{text-align:left}.meta td{text-align:left;white-space:normal}
 tr.nested{color:#555}tr.hl{background:#fff6d5}tr.pareto td{font-weight:600}tr.baseline td:first-child{color:#1b7a5a}
-img{max-width:100%}.small{font-size:.8rem;color:#555}.plots{display:flex;flex-wrap:wrap;gap:1rem}.plots img{max-width:620px}
+img{max-width:100%}.small{font-size:.8rem;color:#555}.plots{display:flex;flex-wrap:wrap;gap:1rem}.plots figure{margin:0}.plots img{max-width:600px}
 nav a{margin-right:.6rem}
 """
 
