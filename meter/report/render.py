@@ -190,7 +190,7 @@ def overview_notes(card: dict) -> list[str]:
     else:
         out.append("No quality metric is logged: tag a stage with metric.NAME (e.g. "
                    "span.tags[\"metric.accuracy\"] = 0.91) to get the metric column and the Pareto frontier.")
-    how = "chosen with --baseline" if sw["baseline_chosen"] else "the first run; choose another with --baseline"
+    how = "chosen" if sw["baseline_chosen"] else "the first run; choose another with --baseline or baseline="
     out.append(f"Baseline: {sw['baseline_title']} ({how}); x baseline is energy / the baseline's energy.")
     if sw["constant_params"]:
         out.append("Same in every run: " + ", ".join(f"{k} {_param(v)}" for k, v in sw["constant_params"].items()) + ".")
