@@ -229,6 +229,8 @@ def test_compare_in_every_format_or_refused():
     js = run("report", RECYCLED, "--compare", BASELINE, "--format", "json", "--offline")
     c = json.loads(js.stdout)["comparison"]
     assert c["preparation"] == "pays-back" and c["break_even_runs"] == pytest.approx(1 / 3)
+    page = run("report", RECYCLED, "--compare", BASELINE, "--format", "html", "--offline")
+    assert page.returncode == 0 and 'id="comparison"' in page.stdout and "break-even after 0.333 run(s)" in page.stdout
     # no preparation stage in either run: nothing to pay back, and no claim that it is never paid back
     same = run("report", BASELINE, "--compare", BASELINE, "--offline")
     assert same.returncode == 0
