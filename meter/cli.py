@@ -28,6 +28,8 @@ _FIXES = (
     (re.compile(r"^gpus=.* was requested but"),
      "fix: pass --gpus none (or set METER_GPUS=none) on a machine without an NVIDIA driver, "
      "or install the driver so that `nvidia-smi` works"),
+    (re.compile(r"^\S+ does not exist$|^no meter runs"),
+     "fix: give run directories (holding run.json) or the output directory that holds them, e.g. meter-runs"),
 )
 
 

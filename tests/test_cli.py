@@ -191,7 +191,9 @@ def test_configuration_errors_exit_2_with_one_line_and_the_fix(tmp_path):
     p = subprocess.run([*METER, "doctor"], capture_output=True, text=True, timeout=60, cwd=tmp_path / "proj",
                        env={**os.environ, "PYTHONPATH": os.path.dirname(HERE)})
     assert_config_error(p, "regoin")
-    assert_config_error(run("report", str(tmp_path / "nothing-here")))
+    assert_config_error(run("report", str(tmp_path / "nothing-here")), "does not exist", "fix: give run directories")
+    (tmp_path / "empty").mkdir()
+    assert_config_error(run("report", str(tmp_path / "empty")), "no meter runs", "fix:")
     assert_config_error(run("report", RECYCLED, "--offline", "--training-type", "pre-training"), "--format hf")
     assert_config_error(run("report", RECYCLED, BASELINE, "--offline", "--baseline", "nope"), "nope", "run-baseline")
 
