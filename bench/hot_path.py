@@ -29,8 +29,9 @@ DEVICES = [(100.0, 300.0, 0.7, 0.0), (80.0, 250.0, 0.7, 0.2)]
 
 
 def edges(n: int, inside_s: float):
-    import meter
     from zeus.monitor import ZeusMonitor
+
+    import meter
 
     m = meter.Meter(write=False, rapl_root="/nonexistent", gpus="all", sync_cuda=False)
     m.start()

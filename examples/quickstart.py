@@ -28,8 +28,8 @@ def make_data(n=32768, d=64, seed=0):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--region", default="FR", help="grid zone for emissions (see `meter regions`)")
-    ap.add_argument("--output", default="meter-runs")
-    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--output", default="meter-runs", help="output directory for the run log")
+    ap.add_argument("--epochs", type=int, default=3, help="training epochs")
     args = ap.parse_args(argv)
 
     torch.manual_seed(0)
@@ -49,8 +49,9 @@ def main(argv=None):
                         loss_fn(model(xb), yb).backward()
                         opt.step()
                         ep.add(samples=len(xb))
-        with m.track("evaluate", samples=len(x_test)), torch.no_grad():
+        with m.track("evaluate", samples=len(x_test)) as ev, torch.no_grad():
             accuracy = (model(x_test).argmax(1) == y_test).float().mean().item()
+            ev.tags["metric.accuracy"] = accuracy  # shown by `meter report` and used for sweeps
         run_dir = m.run_dir
 
     df = meter.load(run_dir)

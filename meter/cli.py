@@ -1,25 +1,49 @@
 """Command line: ``meter run``, ``meter doctor``, ``meter report``, ``meter regions``.
 
-The only module that prints or exits. Usage errors follow argparse (exit 2).
+The only module that prints or exits. Usage errors follow argparse (exit 2); every other
+configuration error (a :class:`~meter.errors.MeterError`) is caught once, in :func:`main`, and
+printed as one line with its fix, exit 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
 from . import __version__
-from .errors import MeterError
+from .errors import ConfigError, MeterError
 
 EXIT_NO_COUNTER = 1
+EXIT_CONFIG = 2
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # what a shell reports for a tool killed by SIGPIPE
+
+# Fixes for core messages that name the problem but not the remedy (matched on the message).
+_FIXES = (
+    (re.compile(r"^gpus=.* was requested but"),
+     "fix: pass --gpus none (or set METER_GPUS=none) on a machine without an NVIDIA driver, "
+     "or install the driver so that `nvidia-smi` works"),
+    (re.compile(r"^\S+ does not exist$|^no meter runs"),
+     "fix: give run directories (holding run.json) or the output directory that holds them, e.g. meter-runs"),
+)
 
 
 def _err(msg: str) -> None:
     print(f"meter: {msg}", file=sys.stderr)
+
+
+def error_line(exc: BaseException) -> str:
+    """One line for a configuration error: the message, with its fix when the message lacks one."""
+    text = " ".join(str(exc).split())
+    for pattern, fix in _FIXES:
+        if pattern.search(text) and "fix:" not in text:
+            text = f"{text}; {fix}"
+    return text
 
 
 # -- run ---------------------------------------------------------------------------------------
@@ -52,25 +76,34 @@ def _cmd_run(args) -> int:
         cmd = cmd[1:]
     if not cmd:
         _err("no command given: meter run [options] -- CMD [ARGS...]")
-        return 2
-    try:
-        # Created before the child starts, so a bad region or an unwritable output directory
-        # is reported before any work is done. The CPU estimate covers this process's tree,
-        # which is the child's tree plus meter's own small share.
-        m = Meter(region=args.region, pue=args.pue, interval_s=args.interval, output_dir=args.output,
-                  run_name=args.name, carbon=args.carbon, pid="children", sync_cuda=False)
-    except MeterError as exc:
-        _err(str(exc))
-        return 2
+        return EXIT_CONFIG
+    # A command that cannot be started is refused before the Meter exists, so no run log (and
+    # no "complete" record of work that never ran) is written.
+    exe = shutil.which(cmd[0])
+    if exe is None:
+        why = "not found or not executable" if os.sep in cmd[0] else "not found on PATH"
+        _err(f"cannot run {cmd[0]!r}: {why}; nothing was measured")
+        return 126 if os.path.exists(cmd[0]) else 127
+    # Created before the child starts, so a bad region, an unwritable output directory or GPUs
+    # that cannot be read are reported before any work is done. The CPU estimate covers the
+    # processes this one starts (the command's tree), once, and not meter's own polling.
+    m = Meter(region=args.region, pue=args.pue, interval_s=args.interval, output_dir=args.output,
+              run_name=args.name, carbon=args.carbon, pid="children", sync_cuda=False)
     name = args.name or os.path.basename(cmd[0])
     track = m.track(name, tags={"command": " ".join(cmd)[:500]})
-    span = track.__enter__()
+    try:
+        span = track.__enter__()
+    except BaseException:
+        m.close()
+        raise
     try:
         child = subprocess.Popen(cmd)
     except OSError as exc:
-        track.__exit__(None, None, None)
+        # Raced away between the check and the start: the span ends with the exception, so its
+        # record says it did not complete.
+        track.__exit__(type(exc), exc, exc.__traceback__)
         m.close()
-        _err(f"cannot run {cmd[0]!r}: {exc.strerror}")
+        _err(f"cannot run {cmd[0]!r}: {exc.strerror}; nothing was measured")
         return 127 if isinstance(exc, FileNotFoundError) else 126
     sigs = {signal.SIGINT, signal.SIGTERM}
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
@@ -102,9 +135,9 @@ def _cmd_run(args) -> int:
         if child.poll() is None:
             child.kill()
             child.wait()
+        span.tags["exit_code"] = child.returncode  # before the exit: the record is frozen there
         track.__exit__(None, None, None)
         m.close()
-    span.tags["exit_code"] = rc
     if not args.quiet:
         print(_summary(span.result, span.emissions_g, m.intensity()), file=sys.stderr)
         print(f"meter: run log in {m.run_dir}", file=sys.stderr)
@@ -119,11 +152,7 @@ def _cmd_doctor(args) -> int:
     from .runlog import check_writable
 
     print(f"meter {__version__} doctor")
-    try:
-        m = Meter(write=False, region=args.region, rapl_root=args.rapl_root, gpus=args.gpus, sync_cuda=False)
-    except MeterError as exc:
-        _err(str(exc))
-        return 2
+    m = Meter(write=False, region=args.region, rapl_root=args.rapl_root, gpus=args.gpus, sync_cuda=False)
     try:
         rep = m.sensors_report()
     finally:
@@ -147,12 +176,12 @@ def _cmd_doctor(args) -> int:
         print(f"  ok      {os.path.abspath(out)} is writable (from {m.config.sources.get('output_dir')})")
         writable = True
     except MeterError as exc:
-        print(f"  error   {exc}")
+        print(f"  error   {error_line(exc)}")
         writable = False
     print()
     if counters:
         print(f"{counters} hardware energy counter(s) readable: energy will be measured.")
-        return 0 if writable else 2
+        return 0 if writable else EXIT_CONFIG
     print("No hardware energy counter is readable: energy will be power-integrated or estimated (see above for fixes).")
     return EXIT_NO_COUNTER
 
@@ -160,19 +189,37 @@ def _cmd_doctor(args) -> int:
 # -- regions -----------------------------------------------------------------------------------
 
 
+def rank_regions(rows: list[dict], query: str | None) -> list[dict]:
+    """Order search hits for a person typing a code: the exact zone code (or an exact name or
+    alias) first, then zones whose code or name starts with the query, then the rest; each group
+    in the library's order (by zone key)."""
+    if not query:
+        return list(rows)
+    from .carbon import offline
+
+    q = " ".join(query.strip().lower().replace("_", " ").split())
+    exact = offline.lookup(query)
+
+    def tier(r: dict) -> int:
+        if r["zone"].lower() == q or (exact is not None and r["zone"] == exact.key) or r["name"].lower() == q:
+            return 0
+        if r["zone"].lower().startswith(q) or r["name"].lower().startswith(q):
+            return 1
+        return 2
+
+    return sorted(rows, key=tier)  # stable: keeps the order within a tier
+
+
 def _cmd_regions(args) -> int:
     from . import carbon
 
-    try:
-        rows = carbon.regions(args.query)
-    except MeterError as exc:
-        _err(str(exc))
-        return 2
+    rows = rank_regions(carbon.regions(args.query), args.query)
     if not rows:
         from .carbon import offline
 
         close = offline.close_matches(args.query or "")
-        _err(f"no zone matches {args.query!r}" + (f"; close: {', '.join(close)}" if close else ""))
+        _err(f"no zone matches {args.query!r}" + (f"; close: {', '.join(close)}" if close else "")
+             + "; list every zone with `meter regions`")
         return 1
     wz = max(len(r["zone"]) for r in rows)
     wn = min(max(len(r["name"]) for r in rows), 60)
@@ -188,66 +235,34 @@ def _cmd_regions(args) -> int:
 def _cmd_report(args) -> int:
     from .report import cards
 
+    if args.training_type is not None and args.format != "hf":
+        raise ConfigError(f"--training-type applies to --format hf only (got --format {args.format}); drop it or add --format hf")
+    opts = dict(compare=args.compare, live=not args.offline, metric=args.metric, baseline=args.baseline,
+                maximize=not args.lower_is_better)
+    if args.format == "hf" and args.output:
+        # Merge into an existing model card (keeps its other keys and its text), never overwrite it.
+        path = cards.update_hf_card(args.dirs, args.output, training_type=args.training_type or "fine-tuning", **opts)
+        print(f"meter: updated {path} (co2_eq_emissions and the efficiency section; everything else kept)", file=sys.stderr)
+        return 0
+    kw = {"training_type": args.training_type} if args.training_type else {}
     try:
-        text = cards.render_paths(args.dirs, fmt=args.format, compare=args.compare, live=not args.offline)
-    except (MeterError, OSError) as exc:
-        _err(str(exc))
-        return 2
+        text = cards.render_paths(args.dirs, fmt=args.format, **opts, **kw)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the runs: {exc}; give run directories or the output directory holding them") from exc
     if args.output:
         mode = "wb" if isinstance(text, bytes) else "w"
-        with open(args.output, mode) as f:
-            f.write(text)
+        try:
+            with open(args.output, mode) as f:
+                f.write(text)
+        except OSError as exc:
+            raise ConfigError(f"cannot write {args.output}: {exc.strerror}; choose a writable path with -o") from exc
         print(f"meter: wrote {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text if isinstance(text, str) else text.decode())
     return 0
 
 
-# -- parser ------------------------------------------------------------------------------------
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="meter", description="Energy and carbon of ML work, stage by stage.")
-    p.add_argument("--version", action="version", version=f"meter {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="{run,doctor,report,regions}")
-
-    r = sub.add_parser("run", help="run a command and measure it as one stage",
-                       description="Run CMD as a child and measure it as one span. Its exit code becomes meter's.")
-    r.add_argument("--region", help="grid zone for emissions (see `meter regions`)")
-    r.add_argument("--pue", type=float, help="power usage effectiveness, >= 1")
-    r.add_argument("--output", help="output directory for the run log (default meter-runs)")
-    r.add_argument("--interval", type=float, help="sampling interval in seconds (default 0.1)")
-    r.add_argument("--name", help="stage name (default: the command's name)")
-    r.add_argument("--carbon", help="live intensity: electricitymaps[:ZONE] or uk[:GB-N]")
-    r.add_argument("-q", "--quiet", action="store_true", help="no live line and no summary")
-    r.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
-    r.set_defaults(func=_cmd_run)
-
-    d = sub.add_parser("doctor", help="which sensors work here, why others do not, and how to fix them",
-                       description="Exit status: 0 when at least one hardware energy counter is readable, "
-                                   "1 when energy would only be power-integrated or estimated, 2 on a configuration error.")
-    d.add_argument("--rapl-root")
-    d.add_argument("--gpus")
-    d.add_argument("--region")
-    d.set_defaults(func=_cmd_doctor)
-
-    rp = sub.add_parser("report", help="render efficiency cards and comparisons from run logs")
-    rp.add_argument("dirs", nargs="+", help="run directories or output directories holding runs")
-    rp.add_argument("--format", choices=("md", "json", "html", "hf", "latex", "climate"), default="md")
-    rp.add_argument("-o", "--output", help="write to FILE instead of standard output")
-    rp.add_argument("--compare", help="a baseline run directory to compare against")
-    rp.add_argument("--offline", action="store_true", help="never call a live carbon provider")
-    rp.set_defaults(func=_cmd_report)
-
-    g = sub.add_parser("regions", help="list or search carbon-intensity zones")
-    g.add_argument("query", nargs="?")
-    g.set_defaults(func=_cmd_regions)
-
-    s = sub.add_parser("sensors", help="list the sensors found (short form of doctor)")
-    s.add_argument("--rapl-root")
-    s.add_argument("--gpus")
-    s.set_defaults(func=_cmd_sensors)
-    return p
+# -- sensors -----------------------------------------------------------------------------------
 
 
 def _cmd_sensors(args) -> int:
@@ -277,12 +292,95 @@ def _print_sensors(rep: dict, *, details: bool) -> None:
         print(f"  note    {n}")
 
 
+# -- parser ------------------------------------------------------------------------------------
+
+_GPUS_HELP = "GPUs to read: visible (default, follows CUDA_VISIBLE_DEVICES), all, none, or indices/UUIDs (0,1)"
+_RAPL_HELP = "root of the powercap tree with the RAPL counters (default /sys/class/powercap)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="meter", description="Energy and carbon of ML work, stage by stage. "
+                                "Configuration errors exit 2 with the fix.")
+    p.add_argument("--version", action="version", version=f"meter {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="{run,doctor,report,regions,sensors}")
+
+    r = sub.add_parser("run", help="run a command and measure it as one stage",
+                       description="Run CMD as a child and measure it as one span. Its exit code becomes meter's "
+                                   "(127 if it cannot be found, 2 on a configuration error, before CMD starts).")
+    r.add_argument("--region", help="grid zone for emissions, e.g. FR, US-CA, aws:eu-west-3 (see `meter regions`)")
+    r.add_argument("--pue", type=float, help="power usage effectiveness of the facility, >= 1 (default 1.0)")
+    r.add_argument("--output", metavar="DIR", help="output directory for the run log (default meter-runs)")
+    r.add_argument("--interval", type=float, metavar="S", help="sampling interval in seconds (default 0.1)")
+    r.add_argument("--name", help="stage name (default: the command's name)")
+    r.add_argument("--carbon", help="live intensity provider: electricitymaps[:ZONE] or uk[:GB-N] (default offline)")
+    r.add_argument("-q", "--quiet", action="store_true", help="no live line and no summary")
+    r.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]: the command to run and measure")
+    r.set_defaults(func=_cmd_run)
+
+    d = sub.add_parser("doctor", help="which sensors work here, why others do not, and how to fix them",
+                       description="Exit status: 0 when at least one hardware energy counter is readable, "
+                                   "1 when energy would only be power-integrated or estimated, 2 on a configuration error.")
+    d.add_argument("--rapl-root", metavar="DIR", help=_RAPL_HELP)
+    d.add_argument("--gpus", help=_GPUS_HELP)
+    d.add_argument("--region", help="grid zone to check (default: METER_REGION or [tool.meter] region)")
+    d.set_defaults(func=_cmd_doctor)
+
+    rp = sub.add_parser("report", help="render efficiency cards, sweep overviews and comparisons from run logs",
+                        description="Several runs give a sweep report: an overview (one row per run, the Pareto "
+                                    "frontier of energy against --metric, a comparison with --baseline), then each run.")
+    rp.add_argument("dirs", nargs="+", metavar="DIR", help="run directories or output directories holding runs")
+    rp.add_argument("--format", choices=("md", "json", "html", "hf", "latex", "climate"), default="md",
+                    help="md (default), json (the card model), html (self-contained page with plots), hf (Hugging Face "
+                         "README.md; with -o it is merged into an existing card), latex (booktabs), climate (Hershcovich et al.)")
+    rp.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of standard output")
+    rp.add_argument("--compare", metavar="DIR", help="a baseline run to compare the first run with, stage by stage "
+                                                    "(md, json and html only)")
+    rp.add_argument("--baseline", metavar="RUN", help="in a sweep, the run the others are compared with: run id, "
+                                                      "run name or directory (default: the first run)")
+    rp.add_argument("--metric", metavar="NAME", help="quality metric of a sweep, logged as the span tag metric.NAME "
+                                                    "(default: the first metric.* tag found)")
+    rp.add_argument("--lower-is-better", action="store_true", help="the metric is a loss or an error: lower is better")
+    rp.add_argument("--training-type", choices=("fine-tuning", "pre-training"),
+                    help="co2_eq_emissions training_type for --format hf (default fine-tuning)")
+    rp.add_argument("--offline", action="store_true", help="never call a live carbon provider")
+    rp.set_defaults(func=_cmd_report)
+
+    g = sub.add_parser("regions", help="list or search carbon-intensity zones",
+                       description="Exit 1 when nothing matches, with close matches.")
+    g.add_argument("query", nargs="?", help="zone code or part of a name (FR, US-CA, france, aws); exact codes first")
+    g.set_defaults(func=_cmd_regions)
+
+    s = sub.add_parser("sensors", help="list the sensors found (short form of doctor)")
+    s.add_argument("--rapl-root", metavar="DIR", help=_RAPL_HELP)
+    s.add_argument("--gpus", help=_GPUS_HELP)
+    s.set_defaults(func=_cmd_sensors)
+    return p
+
+
+def _quiet_broken_pipe() -> int:
+    # The reader went away (`meter regions | head`): stop quietly. Point stdout at /dev/null so
+    # the interpreter's final flush does not raise again.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return EXIT_BROKEN_PIPE
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        return _cmd_sensors(parser.parse_args(["sensors"]))
+        args = parser.parse_args(["sensors"])
     try:
-        return args.func(args)
+        rc = args.func(args)
+        sys.stdout.flush()
+        return rc
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
+    except MeterError as exc:
+        _err(error_line(exc))
+        return EXIT_CONFIG

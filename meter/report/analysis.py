@@ -3,6 +3,7 @@ Pareto frontiers of quality against cost. Works on card models and load() DataFr
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from ..errors import ConfigError
@@ -12,11 +13,31 @@ def _stage_map(run: dict) -> dict[str, dict]:
     return {s["path"]: s for s in run["stages"]}
 
 
-def compare(baseline: dict, candidate: dict) -> dict[str, Any]:
-    """Compare two runs of the card model (``card["runs"][i]``), stage by stage (matched by
-    path). Preparation stages (kind ``prepare``, e.g. building a cache of embeddings) of either
-    run count as one-time overhead: totals are given with and without it, and ``break_even_runs``
-    says after how many reuses the candidate's overhead is paid back by its per-run savings."""
+def _as_run(run: Any, *, live: bool) -> dict:
+    if isinstance(run, dict):
+        return run
+    if isinstance(run, (str, os.PathLike)):
+        from .model import build
+
+        runs = build(run, live=live)["runs"]
+        if len(runs) != 1:
+            raise ConfigError(f"{os.fspath(run)!r} holds {len(runs)} runs; compare() needs one run directory on each side")
+        return runs[0]
+    raise ConfigError(f"compare() takes run directories or card runs (model.build(dir)['runs'][0]), not {type(run).__name__}")
+
+
+def compare(baseline: Any, candidate: Any, *, live: bool = True) -> dict[str, Any]:
+    """Compare two runs, stage by stage (matched by path). Each side is a run directory or a
+    run of the card model (``model.build(dir)["runs"][0]``).
+
+    Preparation stages (kind ``prepare``, e.g. building a cache of embeddings) of either run
+    count as one-time overhead: totals are given with and without it. ``preparation`` says
+    which case applies: ``none`` (neither run has one, so there is nothing to pay back),
+    ``no-extra`` (the candidate prepares no more than the baseline), ``pays-back`` (after
+    ``break_even_runs`` reuses the per-run saving covers the extra preparation energy) or
+    ``never`` (the per-run saving is not positive, so the extra preparation is never recovered).
+    ``break_even_runs`` is None except for ``pays-back``."""
+    baseline, candidate = _as_run(baseline, live=live), _as_run(candidate, live=live)
     b, c = _stage_map(baseline), _stage_map(candidate)
     rows = []
     for path in list(b) + [p for p in c if p not in b]:
@@ -49,7 +70,15 @@ def compare(baseline: dict, candidate: dict) -> dict[str, Any]:
     prep_b = sum(s["energy_j"] or 0.0 for s in baseline["stages"] if s["depth"] == 0 and s["kind"] == "prepare")
     saving = out["totals"]["without_preparation"]["energy_saved_j"]
     out["preparation_energy_j"] = {"baseline": prep_b, "candidate": prep_c}
-    out["break_even_runs"] = (prep_c - prep_b) / saving if saving > 0 and prep_c > prep_b else (0.0 if prep_c <= prep_b and saving >= 0 else None)
+    has_prep = any(s["kind"] == "prepare" for run in (baseline, candidate) for s in run["stages"] if s["depth"] == 0)
+    if not has_prep:
+        case = "none"
+    elif prep_c <= prep_b:
+        case = "no-extra"
+    else:
+        case = "pays-back" if saving > 0 else "never"
+    out["preparation"] = case
+    out["break_even_runs"] = (prep_c - prep_b) / saving if case == "pays-back" else None
     return out
 
 

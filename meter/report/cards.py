@@ -1,29 +1,51 @@
-"""Entry points: render cards from run directories, write them next to a model."""
+"""Entry points: render cards from run directories, write them next to a model, show them in a
+notebook (:class:`Report`)."""
 
 from __future__ import annotations
 
+import html
 import os
 from typing import Any
 
+from ..errors import ConfigError
 from . import render as R
 from .model import build
 
+FORMATS = ("md", "json", "html", "hf", "latex", "climate")
+COMPARE_FORMATS = ("md", "json", "html")
 
-def render_paths(dirs, *, fmt: str = "md", compare: str | None = None, live: bool = True, **kw: Any):
-    """Render the runs under ``dirs`` in ``fmt`` (md, json, latex, climate, hf, html). With
-    ``compare``, a baseline run directory, the comparison is appended (md, json, html)."""
-    card = build(dirs, live=live)
-    comparison = None
+
+def _card(dirs, *, compare: str | None, live: bool, metric: str | None, baseline: str | None, maximize: bool) -> dict:
+    card = build(dirs, live=live, metric=metric, baseline=baseline, maximize=maximize)
+    if not card["runs"]:
+        raise ConfigError(f"no run found under {', '.join(map(str, dirs)) if isinstance(dirs, (list, tuple)) else dirs}; "
+                          "give run directories (holding run.json) or the output directory that holds them")
     if compare:
         from .analysis import compare as cmp
 
         base = build(compare, live=live)
-        comparison = cmp(base["runs"][0], card["runs"][0])
-        card["comparison"] = comparison
+        if not base["runs"]:
+            raise ConfigError(f"--compare {compare}: no run found there; give the baseline's run directory")
+        card["comparison"] = cmp(base["runs"][0], card["runs"][0])
+    return card
+
+
+def render_paths(dirs, *, fmt: str = "md", compare: str | None = None, live: bool = True, metric: str | None = None,
+                 baseline: str | None = None, maximize: bool = True, **kw: Any):
+    """Render the runs under ``dirs`` in ``fmt`` (md, json, latex, climate, hf, html). With
+    ``compare``, a baseline run directory, the stage-by-stage comparison of the first run with it
+    is included (md, json, html; the other formats refuse it). ``metric``, ``baseline`` and
+    ``maximize`` shape the overview of several runs (see :func:`meter.report.sweep.overview`)."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if compare and fmt not in COMPARE_FORMATS:
+        raise ConfigError(f"--compare works with --format {', '.join(COMPARE_FORMATS)}; the {fmt} card describes one model. "
+                          f"Render the comparison with --format md or html")
+    card = _card(dirs, compare=compare, live=live, metric=metric, baseline=baseline, maximize=maximize)
     if fmt == "md":
         text = R.markdown(card)
-        if comparison:
-            text += "\n" + comparison_markdown(comparison)
+        if card.get("comparison"):
+            text += "\n" + comparison_markdown(card["comparison"])
         return text
     if fmt == "json":
         return R.to_json(card)
@@ -35,30 +57,32 @@ def render_paths(dirs, *, fmt: str = "md", compare: str | None = None, live: boo
         from .hf import render
 
         return render(card, **kw)
-    if fmt == "html":
-        from ..runlog import find_runs, read_run
-        from .html import render
+    from ..runlog import find_runs, read_run
+    from .html import render
 
-        runs = [read_run(d) for d in find_runs(dirs)]
-        return render(card, runs)
-    raise ValueError(f"unknown format {fmt!r}")
+    return render(card, [read_run(d) for d in find_runs(dirs)])
+
+
+def update_hf_card(dirs, readme_path: str, *, training_type: str = "fine-tuning", live: bool = True, **opts: Any) -> str:
+    """Merge the runs' ``co2_eq_emissions`` and efficiency section into the model card at
+    ``readme_path`` (created if missing; every other key and the rest of the text kept)."""
+    from .hf import update_model_card
+
+    if opts.get("compare"):
+        raise ConfigError("--compare works with --format md, json or html; the hf card describes one model")
+    card = _card(dirs, compare=None, live=live, metric=opts.get("metric"), baseline=opts.get("baseline"),
+                 maximize=opts.get("maximize", True))
+    folder = os.path.dirname(os.path.abspath(readme_path))
+    if not os.path.isdir(folder):
+        raise ConfigError(f"cannot write {readme_path}: {folder} does not exist; create the model folder first")
+    return update_model_card(readme_path, card, training_type=training_type)
 
 
 def comparison_markdown(c: dict) -> str:
-    f = R.fmt
-    out = ["# Comparison with the baseline", "",
-           "| stage | baseline s | candidate s | speedup | baseline J | candidate J | energy saved J | gCO2eq saved |",
-           "|---|---|---|---|---|---|---|---|"]
-    for r in c["stages"]:
-        out.append(f"| {r['path']} | {f(r['baseline_duration_s'])} | {f(r['candidate_duration_s'])} | {f(r['speedup'])} | "
-                   f"{f(r['baseline_energy_j'])} | {f(r['candidate_energy_j'])} | {f(r['saved_energy_j'])} | {f(r['saved_emissions_g'])} |")
-    for label, t in c["totals"].items():
-        out.append(f"\nTotal {label.replace('_', ' ')}: speedup {f(t['speedup'])}, energy saved {f(t['energy_saved_j'])} J, "
-                   f"{f(t['emissions_saved_g'])} gCO2eq.")
-    be = c["break_even_runs"]
-    out.append(f"\nPreparation energy (one-time overhead): baseline {f(c['preparation_energy_j']['baseline'])} J, "
-               f"candidate {f(c['preparation_energy_j']['candidate'])} J; "
-               + ("break-even after " + f(be) + " run(s)." if be is not None else "the candidate never pays its preparation back."))
+    head, rows, notes = R.comparison_lines(c)
+    out = ["# Comparison with the baseline", ""] + R.md_table(head, rows)
+    for n in notes:
+        out += ["", n]
     return "\n".join(out) + "\n"
 
 
@@ -75,3 +99,60 @@ def write_cards(run_dir: str, output_dir: str, *, live: bool = True) -> list[str
             f.write(text)
         out.append(path)
     return out
+
+
+class Report:
+    """The card of one or more runs, for notebooks and scripts: shows itself as a small table
+    (``_repr_html_``), renders to Markdown, JSON or HTML. Build it with :func:`report`."""
+
+    def __init__(self, card: dict, paths: Any = None):
+        self.card = card
+        self._paths = paths
+
+    @property
+    def runs(self) -> list[dict]:
+        return self.card["runs"]
+
+    def markdown(self) -> str:
+        return R.markdown(self.card)
+
+    def to_json(self) -> str:
+        return R.to_json(self.card)
+
+    def html(self) -> str:
+        """The full self-contained page (``meter report --format html``); needs the plot extra."""
+        from ..runlog import find_runs, read_run
+        from .html import render
+
+        runs = [read_run(d) for d in find_runs(self._paths)] if self._paths is not None else ()
+        return render(self.card, runs)
+
+    def __repr__(self) -> str:
+        a = self.card["all_experiments"]
+        return f"<Report {a['runs']} run(s) {R.fmt(a['energy_kwh'])} kWh {R.fmt(a['emissions_g'])} gCO2eq>"
+
+    def _repr_html_(self) -> str:
+        esc = html.escape
+        if "sweep" in self.card:
+            head, rows, _ = R.overview_table(self.card)
+            caption = f"{len(self.runs)} runs; " + " ".join(R.overview_notes(self.card)[:2])
+        else:
+            run = self.runs[0]
+            unit = R.run_unit(run)
+            head = ["stage", "time (s)", f"energy ({unit[0]})", "gCO2eq", "provenance"]
+            rows = [["\u00a0\u00a0" * s["depth"] + s["name"], R.fmt(s["duration_s"]), R.in_unit(s["energy_j"], unit),
+                     R.fmt(s["emissions_g"]),
+                     "/".join(sorted({R.PROV.get(c["provenance"], "?") for c in s["components"].values()})) or "-"]
+                    for s in run["stages"]]
+            caption = f"{run['title']}: {R.location_text(run)}, PUE {R.fmt(run['pue'])}"
+        th = "".join(f"<th>{esc(h)}</th>" for h in head)
+        trs = "".join("<tr>" + "".join(f"<td style=\"text-align:{'left' if i == 0 else 'right'}\">{esc(c)}</td>"
+                                        for i, c in enumerate(r)) + "</tr>" for r in rows)
+        return f"<table><caption>{esc(caption)}</caption><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>"
+
+
+def report(paths, *, live: bool = True, metric: str | None = None, baseline: str | None = None,
+           maximize: bool = True) -> Report:
+    """A :class:`Report` of the runs under ``paths`` (run directories or output directories)."""
+    card = _card(paths, compare=None, live=live, metric=metric, baseline=baseline, maximize=maximize)
+    return Report(card, paths)

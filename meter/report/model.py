@@ -13,6 +13,7 @@ from .._version import __version__
 from ..clock import parse_utc_iso
 from ..hardware import hardware_summary
 from ..units import j_to_kwh
+from .sweep import overview, titles
 
 CARD_SCHEMA = "meter-card"
 CARD_SCHEMA_VERSION = 1
@@ -188,6 +189,7 @@ def _run(info: dict, rows: list[dict]) -> dict[str, Any]:
                      "hostname": host.get("hostname")},
         "software": {k: host.get(k) for k in ("os", "python", "meter", "torch_version", "transformers_version", "nvidia_driver") if host.get(k)},
         "region": cfg.get("region"), "intensity": inten, "pue": _num(cfg.get("pue")) or 1.0,
+        "config_sources": cfg.get("sources") or {},
         "interval_s": info.get("interval_s"),
         "sensors": info.get("channels", []), "unavailable": info.get("unavailable", []), "notes": info.get("notes", []),
         "faults": info.get("faults", []),
@@ -205,9 +207,12 @@ def _run(info: dict, rows: list[dict]) -> dict[str, Any]:
     }
 
 
-def build(paths, *, live: bool = True, session: Any = None, df=None) -> dict[str, Any]:
+def build(paths, *, live: bool = True, session: Any = None, df=None, metric: str | None = None,
+          baseline: str | None = None, maximize: bool = True) -> dict[str, Any]:
     """The card for the runs under ``paths``: the first run is the *final model*; all of them
-    together are *all experiments* (hyperparameter search, failed runs, ...)."""
+    together are *all experiments* (hyperparameter search, failed runs, ...). With several runs
+    the card has a ``sweep`` overview (:func:`meter.report.sweep.overview`, which documents
+    ``metric``, ``baseline`` and ``maximize``)."""
     from .frame import load
 
     if df is None:
@@ -225,5 +230,10 @@ def build(paths, *, live: bool = True, session: Any = None, df=None) -> dict[str
         "facility_energy_kwh": sum(r["totals"]["facility_energy_kwh"] for r in runs),
         "emissions_g": sum(r["totals"]["emissions_g"] for r in runs),
     }
-    return {"schema": CARD_SCHEMA, "schema_version": CARD_SCHEMA_VERSION, "generated_by": f"meter {__version__}",
+    for run, title in zip(runs, titles(runs), strict=True):
+        run["title"] = title
+    card = {"schema": CARD_SCHEMA, "schema_version": CARD_SCHEMA_VERSION, "generated_by": f"meter {__version__}",
             "runs": runs, "all_experiments": all_exp, "problems": list(df.attrs.get("problems", []))}
+    if len(runs) > 1:
+        card["sweep"] = overview(card, metric=metric, baseline=baseline, maximize=maximize)
+    return card

@@ -93,3 +93,45 @@ def pareto_plot(df, *, quality: str, cost: str, label: str | None = None, maximi
     if fig is not None:
         fig.tight_layout()
     return fig or ax.figure
+
+
+def sweep_pareto(card: dict):
+    """A sweep's quality metric against each run's energy (J), the Pareto frontier joined up and
+    the baseline ringed. Needs ``card["sweep"]`` with a metric."""
+    plt = _plt()
+    sw = card["sweep"]
+    rows = [r for r in sw["rows"] if r["metric"] is not None]
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    dom = [r for r in rows if not r["pareto"]]
+    front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["energy_j"])
+    ax.scatter([r["energy_j"] for r in dom], [r["metric"] for r in dom], color="#999999", label="dominated", zorder=2)
+    ax.plot([r["energy_j"] for r in front], [r["metric"] for r in front], "o-", color="#d95f02", label="Pareto frontier", zorder=3)
+    base = [r for r in rows if r["is_baseline"]]
+    if base:
+        ax.scatter([base[0]["energy_j"]], [base[0]["metric"]], s=180, facecolors="none", edgecolors="#1b9e77",
+                   linewidths=1.5, label="baseline", zorder=4)
+    for r in rows:
+        ax.annotate(r["title"], (r["energy_j"], r["metric"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel("energy per run (J, IT)")
+    ax.set_ylabel(f"{sw['metric']} ({'higher' if sw['maximize'] else 'lower'} is better)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def sweep_energy_bars(card: dict):
+    """Energy per run (J), stacked by component."""
+    plt = _plt()
+    rows = card["sweep"]["rows"]
+    fig, ax = plt.subplots(figsize=(6.4, 0.4 * len(rows) + 1.2))
+    labels = [r["title"] for r in rows][::-1]
+    left = [0.0] * len(rows)
+    for comp in ("gpu", "cpu", "dram"):
+        vals = [r["components_j"].get(comp, 0.0) for r in rows][::-1]
+        if any(vals):
+            ax.barh(labels, vals, left=left, color=COLORS[comp], label=comp.upper())
+            left = [a + b for a, b in zip(left, vals, strict=True)]
+    ax.set_xlabel("energy per run (J, IT, top-level stages)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -7,8 +7,9 @@ import json
 from typing import Any
 
 PROV = {"counter": "ctr", "power-integrated": "pwr", "estimated": "est", "mixed": "mix", None: "?"}
+SENSORS_TITLE = "Sensors and assumptions"
 LEGEND = ("Provenance: **ctr** hardware energy counter (NVML, RAPL), **pwr** integrated power samples, "
-          "**est** estimated by a model (assumptions under Sensors), **mix** several of these.")
+          f"**est** estimated by a model (assumptions under {SENSORS_TITLE}), **mix** several of these.")
 
 
 def fmt(v: Any, digits: int = 3) -> str:
@@ -31,11 +32,26 @@ def kwh(j: float | None) -> str:
     return "-" if j is None else fmt(j / 3.6e6)
 
 
-def _comp(stage: dict, comp: str) -> str:
+def energy_unit(values_j) -> tuple[str, float]:
+    """One energy unit for a whole table (J, or kWh from 0.1 kWh up) and its size in joules."""
+    top = max((abs(v) for v in values_j if v is not None), default=0.0)
+    return ("kWh", 3.6e6) if top >= 3.6e5 else ("J", 1.0)
+
+
+def in_unit(j: float | None, unit: tuple[str, float]) -> str:
+    return "-" if j is None else fmt(j / unit[1])
+
+
+def run_unit(run: dict) -> tuple[str, float]:
+    """The energy unit of a run's stage table, chosen from its largest figure."""
+    return energy_unit(s["energy_j"] for s in run["stages"])
+
+
+def _comp(stage: dict, comp: str, unit: tuple[str, float]) -> str:
     c = stage["components"].get(comp)
     if c is None:
         return "-"
-    return f"{fmt(c['energy_j'])} J {PROV.get(c['provenance'], '?')}"
+    return f"{in_unit(c['energy_j'], unit)} {PROV.get(c['provenance'], '?')}"
 
 
 def intensity_text(run: dict) -> str:
@@ -56,21 +72,29 @@ def location_text(run: dict) -> str:
 
 
 def stage_rows(run: dict) -> list[list[str]]:
+    """One row per stage under :func:`stage_head`; every energy in the run's one unit."""
+    unit = run_unit(run)
     rows = []
     for s in run["stages"]:
         name = "&nbsp;&nbsp;" * s["depth"] + s["name"] + ("" if s["status"] == "complete" else f" ({s['status']})")
         if s.get("counts_from_children"):
             name += " †"
         rows.append([
-            name, s["kind"], fmt(s["duration_s"]), kwh(s["energy_j"]), _comp(s, "gpu"), _comp(s, "cpu"), _comp(s, "dram"),
+            name, s["kind"], fmt(s["duration_s"]), in_unit(s["energy_j"], unit),
+            _comp(s, "gpu", unit), _comp(s, "cpu", unit), _comp(s, "dram", unit),
             fmt(s["avg_power_w"]), fmt(s["peak_power_w"]), fmt(s["emissions_g"]), fmt(s["samples_per_s"]),
             fmt(s["tokens_per_s"]), fmt(s["energy_per_sample_j"]), fmt(s["energy_per_1k_tokens_j"]), fmt(s["flops_per_j"]),
         ])
     return rows
 
 
-STAGE_HEAD = ["stage", "kind", "time (s)", "energy (kWh)", "GPU", "CPU", "DRAM", "avg W", "peak W", "gCO2eq",
-              "samples/s", "tokens/s", "J/sample", "J/1k tokens", "FLOP/J"]
+STAGE_HEAD = ["stage", "kind", "time (s)", "energy ({unit})", "GPU ({unit})", "CPU ({unit})", "DRAM ({unit})", "avg W",
+              "peak W", "gCO2eq", "samples/s", "tokens/s", "J/sample", "J/1k tokens", "FLOP/J"]
+
+
+def stage_head(run: dict) -> list[str]:
+    unit = run_unit(run)[0]
+    return [h.format(unit=unit) for h in STAGE_HEAD]
 
 
 def md_table(head: list[str], rows: list[list[str]]) -> list[str]:
@@ -79,47 +103,119 @@ def md_table(head: list[str], rows: list[list[str]]) -> list[str]:
     return out
 
 
+def sensor_lines(run: dict) -> list[str]:
+    """The run's sensors and every assumption behind its figures, as plain sentences."""
+    out = []
+    for c in run["sensors"]:
+        d = c.get("details") or {}
+        bits = []
+        if d.get("w_per_thread") is not None:
+            vis = f", {d['visible_threads']} hardware threads visible" if d.get("visible_threads") else ""
+            bits.append(f"{fmt(d['w_per_thread'])} W per busy hardware thread{vis}")
+        elif d.get("tdp_w") is not None:  # run logs of earlier versions: TDP shared over logical CPUs
+            per = f", {fmt(d['tdp_w'] / d['logical_cpus'])} W per busy logical CPU ({d['logical_cpus']} logical CPUs)" if d.get("logical_cpus") else ""
+            bits.append(f"TDP {fmt(d['tdp_w'])} W{per}" + (f", {d['tdp_source']}" if d.get("tdp_source") else ""))
+        if d.get("w_per_gb") is not None:
+            bits.append(f"{fmt(d['w_per_gb'])} W per GB of resident memory")
+        for k in ("model", "source", "power_source", "mig"):
+            if d.get(k):
+                bits.append(f"{k.replace('_', ' ')}: {d[k]}")
+        out.append(f"{c['key']} {c['label']}: {c['provenance']}, {c['scope']}" + (f" ({'; '.join(bits)})" if bits else ""))
+    for u in run["unavailable"]:
+        out.append(f"unavailable: {u['sensor']}: {u['reason']}" + (f". Fix: {u['hint']}" if u.get("hint") else ""))
+    src = (run.get("config_sources") or {})
+    out.append(f"grid intensity: {intensity_text(run)}" + (f"; region from {src['region']}" if src.get("region") else ""))
+    out.append(f"PUE {fmt(run['pue'])}" + (f" (from {src['pue']})" if src.get("pue") else "")
+               + ": facility energy = IT energy x PUE; emissions include it")
+    out.append(f"sampling every {fmt(run['interval_s'])} s, plus synchronous reads at every stage's edges")
+    return out
+
+
+def run_markdown(card: dict, run: dict, *, level: int = 1) -> list[str]:
+    """One run's efficiency card: summary, stages, sensors and assumptions, notes."""
+    h = "#" * level
+    t = run["totals"]
+    out = [f"{h} Efficiency card: {run.get('title') or run['run_name'] or run['run_id']}", "",
+           f"Measured by {card['generated_by']}, run `{run['run_id']}`, {run['started_utc']} to {run['ended_utc']}.", ""]
+    out += md_table(["", ""], [
+        ["Hardware", run["hardware"]["summary"]],
+        ["Software", ", ".join(f"{k.replace('_version', '')} {v}" for k, v in run["software"].items())],
+        ["Location and grid", f"{location_text(run)}: {intensity_text(run)}"],
+        ["PUE", fmt(run["pue"])],
+        ["Energy", f"{fmt(t['energy_kwh'])} kWh IT, {fmt(t['facility_energy_kwh'])} kWh facility (IT x PUE)"],
+        ["Emissions", f"{fmt(t['emissions_g'])} gCO2eq"],
+        ["Time", f"{fmt(t['stage_time_s'])} s in top-level stages; {fmt(t['wall_time_s'])} s wall"],
+    ])
+    out += ["", f"{h}# Stages", ""]
+    out += md_table(stage_head(run), stage_rows(run))
+    out += ["", LEGEND, "Energy is inclusive of nested stages; J/sample, J/1k tokens and FLOP/J use the stage's own "
+            "energy (nested stages of another kind, such as evaluation inside an epoch, excluded).", ""]
+    out += extra_sections(run)
+    out += [f"{h}# {SENSORS_TITLE}", ""]
+    out += [f"- {line}" for line in sensor_lines(run)]
+    warnings = sorted({w for s in run["stages"] for w in s["warnings"]})
+    if warnings or run["faults"] or run["notes"]:
+        out += ["", f"{h}# Notes", ""]
+        out += [f"- {n}" for n in run["notes"]]
+        out += [f"- sensor fault: {f.get('key')}: {f.get('reason')}" for f in run["faults"]]
+        out += [f"- {w}" for w in warnings]
+    out.append("")
+    return out
+
+
+def _param(v: Any) -> str:
+    return fmt(v) if isinstance(v, float) else str(v)
+
+
+def overview_table(card: dict) -> tuple[list[str], list[list[str]], tuple[str, float]]:
+    """Head, rows and energy unit of the sweep overview (one row per run)."""
+    sw = card["sweep"]
+    unit = energy_unit(r["energy_j"] for r in sw["rows"])
+    head = ["run", *sw["param_keys"], f"energy ({unit[0]})", "x baseline", "gCO2eq", "time (s)"]
+    if sw["metric"]:
+        head += [sw["metric"], f"{sw['metric']} vs baseline", "Pareto"]
+    rows = []
+    for r in sw["rows"]:
+        row = [r["title"] + (" (baseline)" if r["is_baseline"] else ""), *(_param(r["params"].get(k, "-")) for k in sw["param_keys"]),
+               in_unit(r["energy_j"], unit), fmt(r["energy_ratio"]), fmt(r["emissions_g"]), fmt(r["time_s"])]
+        if sw["metric"]:
+            d = r["metric_delta"]
+            row += [fmt(r["metric"]), "-" if d is None else ("+" if d > 0 else "") + fmt(d), "yes" if r["pareto"] else ""]
+        rows.append(row)
+    return head, rows, unit
+
+
+def overview_notes(card: dict) -> list[str]:
+    """The sentences under the overview table: metric, frontier, baseline, constants, totals."""
+    sw, a = card["sweep"], card["all_experiments"]
+    out = []
+    if sw["metric"]:
+        better = "higher" if sw["maximize"] else "lower"
+        out.append(f"Quality metric: {sw['metric']} ({better} is better), from the span tag metric.{sw['metric']}. "
+                   f"Pareto: no other run reaches a metric as good for less energy.")
+    else:
+        out.append("No quality metric is logged: tag a stage with metric.NAME (e.g. "
+                   "span.tags[\"metric.accuracy\"] = 0.91) to get the metric column and the Pareto frontier.")
+    how = "chosen" if sw["baseline_chosen"] else "the first run; choose another with --baseline or baseline="
+    out.append(f"Baseline: {sw['baseline_title']} ({how}); x baseline is energy / the baseline's energy.")
+    if sw["constant_params"]:
+        out.append("Same in every run: " + ", ".join(f"{k} {_param(v)}" for k, v in sw["constant_params"].items()) + ".")
+    out.append(f"All experiments: {a['runs']} runs, {fmt(a['wall_time_s'])} s, {fmt(a['energy_kwh'])} kWh IT, "
+               f"{fmt(a['facility_energy_kwh'])} kWh facility, {fmt(a['emissions_g'])} gCO2eq.")
+    return out
+
+
 def markdown(card: dict) -> str:
+    """The Markdown report: for several runs an overview first, then each run's card."""
     out: list[str] = []
+    sweep = len(card["runs"]) > 1 and "sweep" in card
+    if sweep:
+        head, rows, _ = overview_table(card)
+        out += [f"# Sweep overview: {len(card['runs'])} runs", ""]
+        out += md_table(head, rows)
+        out += [""] + overview_notes(card) + [""]
     for run in card["runs"]:
-        t = run["totals"]
-        title = run["run_name"] or run["run_id"]
-        out += [f"# Efficiency card: {title}", "",
-                f"Measured by {card['generated_by']}, run `{run['run_id']}`, {run['started_utc']} to {run['ended_utc']}.", ""]
-        out += md_table(["", ""], [
-            ["Hardware", run["hardware"]["summary"]],
-            ["Software", ", ".join(f"{k.replace('_version', '')} {v}" for k, v in run["software"].items())],
-            ["Location and grid", f"{location_text(run)}: {intensity_text(run)}"],
-            ["PUE", fmt(run["pue"])],
-            ["Energy", f"{fmt(t['energy_kwh'])} kWh IT, {fmt(t['facility_energy_kwh'])} kWh facility (IT x PUE)"],
-            ["Emissions", f"{fmt(t['emissions_g'])} gCO2eq"],
-            ["Time", f"{fmt(t['stage_time_s'])} s in top-level stages; {fmt(t['wall_time_s'])} s wall"],
-            ["Sampling", f"every {fmt(run['interval_s'])} s, plus synchronous reads at every stage's edges"],
-        ])
-        out += ["", "## Stages", ""]
-        out += md_table(STAGE_HEAD, stage_rows(run))
-        out += ["", LEGEND, "Energy is inclusive of nested stages; J/sample, J/1k tokens and FLOP/J use the stage's own "
-                "energy (nested stages of another kind, such as evaluation inside an epoch, excluded).", ""]
-        out += extra_sections(run)
-        out += ["## Sensors", ""]
-        for c in run["sensors"]:
-            d = c.get("details") or {}
-            extra = "; ".join(f"{k}: {d[k]}" for k in ("tdp_source", "source", "power_source", "mig") if d.get(k))
-            out.append(f"- **{c['key']}** {c['label']}: {c['provenance']}, {c['scope']}" + (f" ({extra})" if extra else ""))
-        for u in run["unavailable"]:
-            out.append(f"- unavailable: **{u['sensor']}**: {u['reason']}" + (f". Fix: {u['hint']}" if u.get("hint") else ""))
-        warnings = sorted({w for s in run["stages"] for w in s["warnings"]})
-        if warnings or run["faults"] or run["notes"]:
-            out += ["", "## Notes", ""]
-            out += [f"- {n}" for n in run["notes"]]
-            out += [f"- sensor fault: {f.get('key')}: {f.get('reason')}" for f in run["faults"]]
-            out += [f"- {w}" for w in warnings]
-        out.append("")
-    if len(card["runs"]) > 1:
-        a = card["all_experiments"]
-        out += ["# All experiments", "",
-                f"{a['runs']} runs: {fmt(a['wall_time_s'])} s, {fmt(a['energy_kwh'])} kWh IT, "
-                f"{fmt(a['facility_energy_kwh'])} kWh facility, {fmt(a['emissions_g'])} gCO2eq.", ""]
+        out += run_markdown(card, run, level=2 if sweep else 1)
     return "\n".join(out)
 
 
@@ -182,7 +278,7 @@ def latex(card: dict) -> str:
                        f"{fmt(s['emissions_g'])} & {fmt(s['energy_per_sample_j'])} & {provs} \\\\")
         i = run["intensity"] or {}
         out += [r"\bottomrule", r"\end{tabular}",
-                f"\\caption{{Energy and emissions per stage of {_tex(run['run_name'] or run['run_id'])} on "
+                f"\\caption{{Energy and emissions per stage of {_tex(run.get('title') or run['run_name'] or run['run_id'])} on "
                 f"{_tex(run['hardware']['summary'])}. Grid intensity {fmt(i.get('g_per_kwh'))} gCO$_2$eq/kWh "
                 f"({_tex(i.get('zone'))}, {_tex(i.get('source'))}, {i.get('year') or 'n/a'}), PUE {fmt(run['pue'])}. "
                 f"Provenance: ctr hardware counter, pwr integrated power, est estimated. Measured with {_tex(card['generated_by'])}.}}",
@@ -240,3 +336,29 @@ def climate_markdown(card: dict, **kw: Any) -> str:
     out += ["", "| Extended card | |", "|---|---|"]
     out += [f"| {q} | {a} |" for q, a in rows[5:]]
     return "\n".join(out) + "\n"
+
+
+def comparison_lines(c: dict) -> tuple[list[str], list[list[str]], list[str]]:
+    """Head, rows and concluding sentences of a comparison (:func:`meter.report.analysis.compare`)."""
+    f = fmt
+    head = ["stage", "baseline s", "candidate s", "speedup", "baseline J", "candidate J", "energy saved J", "gCO2eq saved"]
+    rows = [[r["path"], f(r["baseline_duration_s"]), f(r["candidate_duration_s"]), f(r["speedup"]), f(r["baseline_energy_j"]),
+             f(r["candidate_energy_j"]), f(r["saved_energy_j"]), f(r["saved_emissions_g"])] for r in c["stages"]]
+    prep = c["preparation"]
+    labels = {"without_preparation": "without preparation", "with_preparation": "with preparation"}
+    totals = c["totals"].items() if prep != "none" else [("total", c["totals"]["with_preparation"])]
+    notes = [f"{labels.get(k, k).capitalize()}: speedup {f(t['speedup'])}, energy saved {f(t['energy_saved_j'])} J, "
+             f"{f(t['emissions_saved_g'])} gCO2eq." for k, t in totals]
+    p = c["preparation_energy_j"]
+    if prep == "none":
+        notes.append("Neither run has a preparation stage (kind prepare), so there is no one-time overhead to pay back.")
+    elif prep == "no-extra":
+        notes.append(f"Preparation energy (one-time overhead): baseline {f(p['baseline'])} J, candidate {f(p['candidate'])} J; "
+                     "the candidate needs no more preparation than the baseline.")
+    elif prep == "pays-back":
+        notes.append(f"Preparation energy (one-time overhead): baseline {f(p['baseline'])} J, candidate {f(p['candidate'])} J; "
+                     f"break-even after {f(c['break_even_runs'])} run(s).")
+    else:
+        notes.append(f"Preparation energy (one-time overhead): baseline {f(p['baseline'])} J, candidate {f(p['candidate'])} J; "
+                     "the candidate saves no energy per run, so its extra preparation is never paid back.")
+    return head, rows, notes
