@@ -18,9 +18,12 @@ log = logging.getLogger("meter")
 BUDGET_ACTIONS = ("stop", "warn")
 
 
-def missing(extra: str, package: str, module: str, exc: ImportError) -> ImportError:
-    """The ImportError an integration raises when its framework is not installed."""
-    err = ImportError(f"{module} needs {package}, which is not installed: pip install \"meter-ml[{extra}]\" ({exc})")
+def missing(extra: str | None, package: str, module: str, exc: ImportError) -> ImportError:
+    """The ImportError an integration raises when its framework is not installed: what to
+    install. Frameworks that pull torch have no meter extra (the CPU or CUDA build of torch is
+    the user's choice), so the hint names the package itself."""
+    how = f'pip install "meter-ml[{extra}]"' if extra else f"pip install {package} (after the torch build you want)"
+    err = ImportError(f"{module} needs {package}, which is not installed: {how} ({exc})")
     err.name = package
     return err
 

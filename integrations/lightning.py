@@ -28,7 +28,7 @@ from ._common import Budget, CardWriter, Tally, Watch, figures, log, missing
 try:
     import lightning.pytorch as pl
 except ImportError as _exc:  # pragma: no cover - exercised in a subprocess without lightning
-    raise missing("lightning", "lightning", "meter.integrations.lightning", _exc) from _exc
+    raise missing(None, "lightning", "meter.integrations.lightning", _exc) from _exc
 
 import meter
 from meter.integrations.torch import lazy_counts

@@ -24,7 +24,7 @@ from ._common import Tally, missing
 try:
     import torch
 except ImportError as _exc:  # pragma: no cover - exercised in a subprocess without torch
-    raise missing("torch", "torch", "meter.integrations.torch", _exc) from _exc
+    raise missing(None, "torch", "meter.integrations.torch", _exc) from _exc
 
 import meter
 
