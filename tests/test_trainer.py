@@ -10,39 +10,7 @@ transformers = pytest.importorskip("transformers")
 
 import meter  # noqa: E402
 from meter.integrations.transformers import MeterCallback  # noqa: E402
-
-SEQ = 16
-
-
-class ToyDataset(torch.utils.data.Dataset):
-    """Padded sequences of random length: label = whether token 5 occurs."""
-
-    def __init__(self, n, seed):
-        g = torch.Generator().manual_seed(seed)
-        self.items = []
-        for _ in range(n):
-            length = int(torch.randint(4, SEQ + 1, (1,), generator=g))
-            ids = torch.zeros(SEQ, dtype=torch.long)
-            ids[:length] = torch.randint(1, 30, (length,), generator=g)
-            mask = torch.zeros(SEQ, dtype=torch.long)
-            mask[:length] = 1
-            self.items.append({"input_ids": ids, "attention_mask": mask, "labels": int((ids == 5).any())})
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, i):
-        return self.items[i]
-
-    def tokens(self):
-        return int(sum(int(x["attention_mask"].sum()) for x in self.items))
-
-
-def tiny_bert():
-    cfg = transformers.BertConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                  intermediate_size=32, max_position_embeddings=SEQ, num_labels=2)
-    torch.manual_seed(0)
-    return transformers.BertForSequenceClassification(cfg)
+from tests.trainer_util import SEQ, ToyDataset, tiny_bert  # noqa: E402,F401
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from .._version import __version__
 from ..clock import parse_utc_iso
 from ..hardware import hardware_summary
 from ..units import j_to_kwh
-from .sweep import overview, titles
+from .sweep import _num, overview, titles
 
 CARD_SCHEMA = "meter-card"
 CARD_SCHEMA_VERSION = 1
@@ -33,16 +33,6 @@ def stage_kind(name: str, tags: dict | None = None) -> str:
         if any(low == n or low.startswith(n + "-") or low.startswith(n + "_") for n in names):
             return kind
     return "other"
-
-
-def _num(v: Any) -> float | None:
-    if v is None:
-        return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(f) else f
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:

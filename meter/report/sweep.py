@@ -17,12 +17,9 @@ from typing import Any
 
 from ..errors import ConfigError
 
-METRIC_PREFIX = "metric."
-# Tags meter or its integrations set for their own bookkeeping: not parameters of a sweep.
-_NOT_PARAMS = {"command", "exit_code", "exception", "kind", "peak_gpu_memory_bytes"}
 
-
-def _number(v: Any) -> float | None:
+def _num(v: Any) -> float | None:
+    """A finite-or-infinite float from a record value; None for absent, NaN, booleans, text."""
     if isinstance(v, bool) or v is None:
         return None
     try:
@@ -30,6 +27,10 @@ def _number(v: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return None if math.isnan(f) else f
+
+METRIC_PREFIX = "metric."
+# Tags meter or its integrations set for their own bookkeeping: not parameters of a sweep.
+_NOT_PARAMS = {"command", "exit_code", "exception", "kind", "peak_gpu_memory_bytes"}
 
 
 def titles(runs: list[dict]) -> list[str]:
@@ -55,9 +56,9 @@ def _metric_value(run: dict, name: str) -> float | None:
     best = None
     for s in run["stages"]:
         for key in (METRIC_PREFIX + name, name):
-            if key in s["tags"] and _number(s["tags"][key]) is not None:
+            if key in s["tags"] and _num(s["tags"][key]) is not None:
                 if best is None or (s.get("end_utc") or "") >= (best[0] or ""):
-                    best = (s.get("end_utc"), _number(s["tags"][key]))
+                    best = (s.get("end_utc"), _num(s["tags"][key]))
                 break
     return best[1] if best else None
 
