@@ -18,7 +18,6 @@ MAX_NOT_RUN = 2  # snippets marked "# not run by the docs test: REASON"; keep it
 # these pages; the entries are strict, so the test fails (XPASS) the day a page runs, and the
 # entry must then go.
 NOT_YET_RUNNABLE = {
-    "docs/trainer-and-torch.md": "snippets use names they do not define (Trainer, model, args, train, loader, step)",
     "docs/distributed.md": "the snippet uses a Meter `m` it does not create and needs a torch.distributed job",
 }
 
