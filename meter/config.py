@@ -20,6 +20,10 @@ DEFAULTS: dict[str, Any] = {
     "carbon": "offline",
     "cpu_power_w": None,
 }
+#: Bounds of the numbers a user sets: a PUE above this or an interval longer than an hour is a typo.
+MAX_PUE = 10.0
+MAX_INTERVAL_S = 3600.0
+
 ENV = {
     "region": "METER_REGION",
     "pue": "METER_PUE",
@@ -145,13 +149,17 @@ def resolve(args: Mapping[str, Any], environ: Mapping[str, str] | None = None, p
             values[k], sources[k] = default, "default"
 
     pue = _float("pue", values["pue"], sources["pue"])
-    if not pue >= 1.0:
-        raise ConfigError(f"pue={pue} from {sources['pue']}: PUE is facility energy / IT energy, so it must be >= 1 (1.0 = no overhead)")
+    if not 1.0 <= pue <= MAX_PUE:
+        raise ConfigError(f"pue={pue} from {sources['pue']}: PUE is facility energy / IT energy, between 1 (no overhead) "
+                          f"and {MAX_PUE:g}; data centres report 1.05-2")
     interval = _float("interval_s", values["interval_s"], sources["interval_s"])
     if not interval > 0:
         raise ConfigError(f"interval_s={interval} from {sources['interval_s']}: the sampling interval must be > 0 seconds (default 0.1)")
     if interval < 0.001:
         raise ConfigError(f"interval_s={interval}: below 1 ms the sampler costs more than it sees; use >= 0.001")
+    if not interval <= MAX_INTERVAL_S:
+        raise ConfigError(f"interval_s={interval} from {sources['interval_s']}: the run log is written every interval, so "
+                          f"use at most {MAX_INTERVAL_S:g} s (default 0.1)")
     cpu_power = values["cpu_power_w"]
     if cpu_power is not None:
         cpu_power = _float("cpu_power_w", cpu_power, sources["cpu_power_w"])

@@ -185,7 +185,7 @@ def test_configuration_errors_exit_2_with_one_line_and_the_fix(tmp_path):
     assert_config_error(p, "gpus=")
     assert recorded_spans(tmp_path / "r") == []  # CMD never started
     p = run("run", "--output", str(tmp_path / "r"), "--", "true", env={**os.environ, "METER_PUE": "0.5"})
-    assert_config_error(p, "pue=0.5", "must be >= 1")
+    assert_config_error(p, "pue=0.5", "between 1")
     (tmp_path / "proj").mkdir()
     (tmp_path / "proj" / "pyproject.toml").write_text("[tool.meter]\nregoin = 'FR'\n")
     p = subprocess.run([*METER, "doctor"], capture_output=True, text=True, timeout=60, cwd=tmp_path / "proj",

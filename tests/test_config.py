@@ -32,7 +32,7 @@ def test_nearest_pyproject_is_found_from_a_subdirectory(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("args,match", [
-    ({"pue": 0.9}, "must be >= 1"),
+    ({"pue": 0.9}, "between 1"),
     ({"interval_s": 0}, "must be > 0"),
     ({"interval_s": -1}, "must be > 0"),
     ({"interval_s": "fast"}, "not a number"),
@@ -58,3 +58,16 @@ def test_output_dir_that_is_a_file_fails_at_creation(tmp_path):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(ConfigError, match="not writable.*METER_OUTPUT_DIR"):
         meter.Meter(output_dir=str(tmp_path / "afile" / "runs"))
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"interval_s": float("inf")}, "at most 3600"), ({"interval_s": 1e10}, "at most 3600"),
+    ({"interval_s": float("nan")}, "must be > 0"), ({"pue": float("inf")}, "between 1"), ({"pue": float("nan")}, "between 1"),
+    ({"cpu_power_w": float("inf")}, "per busy hardware thread"),
+])
+def test_numbers_are_checked_at_creation_with_the_fix(kw, match):
+    import meter
+    from meter.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        meter.Meter(write=False, **kw)
