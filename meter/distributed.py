@@ -73,8 +73,26 @@ def _safe(text: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in str(text))
 
 
-def describe(info: RankInfo | None) -> dict[str, Any] | None:
-    return None if info is None else {**asdict(info), "owns_host_sensors": info.owns_host}
+def node_id(environ: Mapping[str, str] | None = None) -> str:
+    """This machine's identity: ``METER_NODE_ID``, else the kernel's boot id (shared by every
+    container on one kernel, so by every reader of its RAPL counters), else the hostname."""
+    env = os.environ if environ is None else environ
+    if env.get("METER_NODE_ID"):
+        return str(env["METER_NODE_ID"])
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            boot = f.read().strip()
+        if boot:
+            return boot
+    except OSError:
+        pass
+    return socket.gethostname()
+
+
+def describe(info: RankInfo | None, environ: Mapping[str, str] | None = None) -> dict[str, Any] | None:
+    if info is None:
+        return None
+    return {**asdict(info), "node": node_id(environ), "owns_host_sensors": info.owns_host}
 
 
 def _stage_totals(records) -> dict[str, dict[str, float]]:

@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 import meter
-from meter.distributed import combine, rank_info
+from meter.distributed import combine, node_id, rank_info
 from meter.sensors import discover
 from meter.sensors.nvml import open_nvml
 from meter.testing import FakeGPU, write_rapl_tree
@@ -95,6 +95,14 @@ def test_torchrun_gloo_job_record(tmp_path):
     assert train["ranks"] == 2 and train["samples"] == 32 and job["missing_ranks"] == []
     assert train["energy_j"] == pytest.approx(df[df["name"] == "train"]["energy_j"].sum())
     assert train["duration_s"] == pytest.approx(df[df["name"] == "train"]["duration_s"].max())
+    assert sorted(df["rank"]) == [0, 1] and set(df["node"]) == {node_id({})}
+    assert [i["distributed"]["node"] for i in infos] == [node_id({})] * 2
+
+
+def test_node_id_is_meter_node_id_else_boot_id_else_hostname():
+    assert node_id({"METER_NODE_ID": "rack3-n7"}) == "rack3-n7"
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        assert node_id({}) == f.read().strip()
 
 
 FAILING = textwrap.dedent("""
