@@ -115,7 +115,7 @@ class Meter:
                     config=self.config, clock=self.clock, discovery_fn=discover, write=self._write,
                     run_id=make_run_id(self.clock, self.run_name, self.rank), run_name=self.run_name,
                     interval_fn=lambda d: safe_interval(self.config.interval_s, d),
-                    distributed=_describe_rank(self.rank))
+                    distributed=_describe_rank(self.rank, self._environ))
             except MeterError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any sensor trouble becomes one clear error
@@ -254,10 +254,10 @@ class Meter:
                                                 now if end_s is None else end_s)
 
 
-def _describe_rank(info) -> dict | None:
+def _describe_rank(info, environ=None) -> dict | None:
     from .distributed import describe
 
-    return describe(info)
+    return describe(info, environ)
 
 
 def _sync_cuda() -> None:

@@ -9,18 +9,21 @@ Slurm (``SLURM_PROCID``, ``SLURM_LOCALID``, ``SLURM_NTASKS``, ``SLURM_NTASKS_PER
   neither read them nor estimate their CPU (the socket counter already contains them). Where no
   RAPL counter exists, every rank estimates its own process, which sums correctly;
 - every rank writes its own run directory (``run.json`` records its rank and the job id);
-- :func:`write_job_record` (a collective: call it on every rank) gathers each rank's per-stage
-  totals with ``torch.distributed`` and rank 0 writes ``job-<id>.json``: energy per stage summed
-  over ranks, duration the longest, so nothing is counted twice.
+- :func:`write_job_record` (call it on every rank) gathers each rank's per-stage totals through
+  the process group's store, waiting at most ``METER_GATHER_TIMEOUT_S``, and rank 0 writes
+  ``job-<id>.json``: energy per stage summed over ranks, duration the longest, ``missing_ranks``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
+
+log = logging.getLogger("meter")
 
 
 @dataclass(frozen=True)
@@ -70,8 +73,26 @@ def _safe(text: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in str(text))
 
 
-def describe(info: RankInfo | None) -> dict[str, Any] | None:
-    return None if info is None else {**asdict(info), "owns_host_sensors": info.owns_host}
+def node_id(environ: Mapping[str, str] | None = None) -> str:
+    """This machine's identity: ``METER_NODE_ID``, else the kernel's boot id (shared by every
+    container on one kernel, so by every reader of its RAPL counters), else the hostname."""
+    env = os.environ if environ is None else environ
+    if env.get("METER_NODE_ID"):
+        return str(env["METER_NODE_ID"])
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            boot = f.read().strip()
+        if boot:
+            return boot
+    except OSError:
+        pass
+    return socket.gethostname()
+
+
+def describe(info: RankInfo | None, environ: Mapping[str, str] | None = None) -> dict[str, Any] | None:
+    if info is None:
+        return None
+    return {**asdict(info), "node": node_id(environ), "owns_host_sensors": info.owns_host}
 
 
 def _stage_totals(records) -> dict[str, dict[str, float]]:
@@ -107,12 +128,82 @@ def combine(per_rank: list[dict]) -> dict[str, Any]:
     return stages
 
 
-def write_job_record(meter, output_dir: str | None = None) -> str | None:
-    """Gather every rank's per-stage totals to rank 0, which writes ``job-<id>.json`` next to
-    the run directories and returns its path (other ranks return None). A collective: call it on
-    every rank, after the measured work and before ``destroy_process_group``. Flushes the Meter."""
-    import torch.distributed as dist
+#: How long rank 0 waits for the other ranks' totals (``METER_GATHER_TIMEOUT_S``).
+DEFAULT_GATHER_TIMEOUT_S = 60.0
 
+
+def gather_timeout_s(environ: Mapping[str, str] | None = None) -> float:
+    env = os.environ if environ is None else environ
+    try:
+        v = float(env.get("METER_GATHER_TIMEOUT_S", DEFAULT_GATHER_TIMEOUT_S))
+        return v if v >= 0 else DEFAULT_GATHER_TIMEOUT_S
+    except ValueError:
+        return DEFAULT_GATHER_TIMEOUT_S
+
+
+def _default_store():
+    """The key-value store of the initialised default process group, or None. The gather goes
+    through it rather than through collectives: a collective that one rank never joins would
+    pair with the training's next all_reduce, and NCCL groups need CUDA tensors."""
+    import sys
+
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not (dist.is_available() and dist.is_initialized()):
+        return None
+    try:
+        from torch.distributed import distributed_c10d as c10d
+
+        return c10d._get_default_store()
+    except Exception:  # noqa: BLE001 - no store: the record is built from this rank alone
+        return None
+
+
+def _gather(store, key: str, rank: int, world: int, payload: bytes, timeout_s: float) -> dict[int, bytes]:
+    """Post ``payload`` under ``key``; rank 0 waits (polling, at most ``timeout_s`` in all) for
+    every rank's. Returns what rank 0 received ({} on other ranks). Never raises."""
+    import time
+
+    try:
+        store.set(f"{key}/{rank}", payload)
+    except Exception:  # noqa: BLE001
+        log.warning("meter: rank %d could not post its job totals; the job record lacks it", rank, exc_info=True)
+    if rank != 0:
+        return {}
+    got: dict[int, bytes] = {0: payload}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for r in range(1, world):
+            if r in got:
+                continue
+            try:
+                if store.check([f"{key}/{r}"]):
+                    got[r] = store.get(f"{key}/{r}")
+            except Exception:  # noqa: BLE001 - a broken store: what we have is the record
+                return got
+        if len(got) == world or time.monotonic() >= deadline:
+            return got
+        time.sleep(0.02)
+
+
+_gathers = 0
+
+
+def write_job_record(meter, output_dir: str | None = None) -> str | None:
+    """Gather every rank's per-stage totals (built from its run log on disk) to rank 0, which
+    writes ``job-<id>.json`` next to the run directories and returns its path (other ranks
+    return None at once). Call it on every rank after the measured work. Rank 0 waits at most
+    ``METER_GATHER_TIMEOUT_S`` (default 60) for the others; ranks that did not report are listed
+    in ``missing_ranks`` and warned about. Exchanges small JSON payloads through the process
+    group's store (no numpy, no pickle). Flushes the Meter; never raises into training."""
+    try:
+        return _write_job_record(meter, output_dir)
+    except Exception:  # noqa: BLE001 - the job record must never break the training script
+        log.exception("meter: writing the job record failed; every rank's run log is on disk")
+        return None
+
+
+def _write_job_record(meter, output_dir: str | None) -> str | None:
+    global _gathers
     from .runread import read_run
 
     info = meter.rank if getattr(meter, "rank", None) is not None else rank_info()
@@ -123,16 +214,38 @@ def write_job_record(meter, output_dir: str | None = None) -> str | None:
             "owns_host_sensors": info.owns_host if info else True,
             "channels": [c.get("key") for c in (run.info.get("channels") or [])] if run else [],
             "stages": _stage_totals(run.spans) if run else {}}
-    if dist.is_available() and dist.is_initialized():
-        gathered: list = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, mine)
-        rank = dist.get_rank()
-    else:
-        gathered, rank = [mine], 0
-    if rank != 0:
-        return None
+    world = info.world_size if info else 1
+    rank = mine["rank"]
     job = info.job_id if info else "single"
-    record = {"schema_version": 1, "type": "job", "job_id": job, "world_size": len(gathered),
+    store = _default_store() if world > 1 else None
+    timeout = gather_timeout_s()
+    _gathers += 1
+    if store is not None:
+        import sys
+
+        dist = sys.modules["torch.distributed"]
+        rank, world = dist.get_rank(), dist.get_world_size()
+        got = _gather(store, f"meter/job/{job}/{_gathers}", rank, world, json.dumps(mine).encode(), timeout)
+        if rank != 0:
+            return None
+        gathered = []
+        for r, raw in sorted(got.items()):
+            try:
+                gathered.append(json.loads(raw))
+            except ValueError:
+                log.warning("meter: rank %d sent unreadable job totals; left out of the job record", r)
+    else:
+        if rank != 0:
+            return None
+        gathered = [mine]
+    reported = sorted(g["rank"] for g in gathered)
+    missing = [r for r in range(world) if r not in reported]
+    if missing:
+        log.warning("meter: job %s: rank(s) %s did not report their totals within %g s "
+                    "(METER_GATHER_TIMEOUT_S); the job record counts ranks %s only", job,
+                    ", ".join(map(str, missing)), timeout, ", ".join(map(str, reported)))
+    record = {"schema_version": 1, "type": "job", "job_id": job, "world_size": world,
+              "ranks_reported": reported, "missing_ranks": missing, "gather_timeout_s": timeout,
               "ranks": sorted(gathered, key=lambda g: g["rank"]), "stages": combine(gathered)}
     out = output_dir or meter.config.output_dir
     path = os.path.join(out, f"job-{job}.json")

@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 import meter
-from meter.distributed import combine, rank_info
+from meter.distributed import combine, node_id, rank_info
 from meter.sensors import discover
 from meter.sensors.nvml import open_nvml
 from meter.testing import FakeGPU, write_rapl_tree
@@ -92,6 +92,66 @@ def test_torchrun_gloo_job_record(tmp_path):
     assert job["world_size"] == 2 and job["job_id"] == "test-job"
     train = job["stages"]["train"]
     df = meter.load(out)
-    assert train["ranks"] == 2 and train["samples"] == 32
+    assert train["ranks"] == 2 and train["samples"] == 32 and job["missing_ranks"] == []
     assert train["energy_j"] == pytest.approx(df[df["name"] == "train"]["energy_j"].sum())
     assert train["duration_s"] == pytest.approx(df[df["name"] == "train"]["duration_s"].max())
+    assert sorted(df["rank"]) == [0, 1] and set(df["node"]) == {node_id({})}
+    assert [i["distributed"]["node"] for i in infos] == [node_id({})] * 2
+
+
+def test_node_id_is_meter_node_id_else_boot_id_else_hostname():
+    assert node_id({"METER_NODE_ID": "rack3-n7"}) == "rack3-n7"
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        assert node_id({}) == f.read().strip()
+
+
+FAILING = textwrap.dedent("""
+    import os, sys, time
+    import torch.distributed as dist
+    import meter
+    from meter.distributed import write_job_record
+    dist.init_process_group("gloo")
+    out, rapl = sys.argv[1], sys.argv[2]
+    rank = dist.get_rank()
+    m = meter.Meter(output_dir=out, rapl_root=rapl, region="FR", gpus="none")
+    with m.track("train", samples=8):
+        time.sleep(0.2)
+    if rank == 2:  # exits early, cleanly, without reporting
+        m.close()
+        sys.exit(0)
+    if rank == 1:  # hangs until rank 0 has written the record (or 60 s)
+        t = time.monotonic()
+        while not any(f.startswith("job-") for f in os.listdir(out)) and time.monotonic() - t < 60:
+            time.sleep(0.05)
+        m.close()
+        sys.exit(0)
+    t = time.monotonic()
+    path = write_job_record(m)
+    print("JOB", path, "WAITED", time.monotonic() - t, flush=True)
+    m.close()
+""")
+
+
+def test_hanging_and_exited_ranks_are_missing_not_a_hang(tmp_path):
+    """3 real torchrun ranks on gloo: rank 1 hangs, rank 2 exits early; rank 0 writes the record
+    within METER_GATHER_TIMEOUT_S with both in missing_ranks, with numpy hidden."""
+    pytest.importorskip("torch")
+    write_rapl_tree(str(tmp_path / "pc"), {"intel-rapl:0": {"name": "package-0"}})
+    script = tmp_path / "job.py"
+    script.write_text(FAILING)
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "numpy.py").write_text("raise ModuleNotFoundError('numpy is hidden in this test', name='numpy')\n")
+    out = tmp_path / "runs"
+    env = {**os.environ, "METER_JOB_ID": "fail-job", "OMP_NUM_THREADS": "1", "METER_GATHER_TIMEOUT_S": "3",
+           "PYTHONPATH": str(shadow) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3",
+                        str(script), str(out), str(tmp_path / "pc")], capture_output=True, text=True, env=env, timeout=240)
+    assert p.returncode == 0, p.stderr[-3000:]
+    line = next(ln for ln in p.stdout.splitlines() if ln.startswith("JOB"))
+    waited = float(line.split()[-1])
+    assert 2.9 <= waited < 6.0  # waited the timeout for the missing ranks, and not longer
+    job = json.load(open(out / "job-fail-job.json"))
+    assert job["world_size"] == 3 and job["ranks_reported"] == [0] and job["missing_ranks"] == [1, 2]
+    assert job["stages"]["train"]["samples"] == 8  # only the rank that reported
+    assert "did not report" in p.stderr

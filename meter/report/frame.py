@@ -80,7 +80,10 @@ def load(paths, *, live: bool = True, session: Any = None):
             problems.append(f"{d}: no carbon intensity ({exc})")
             inten = None
         shape = _shape(run) if inten is not None and inten.series else None
+        dist = run.info.get("distributed") or {}
         for row in span_rows(run):
+            row["rank"] = dist.get("rank", 0)  # each rank's rows of a job; 0 for a single process
+            row["node"] = dist.get("node", (run.info.get("host") or {}).get("hostname"))
             row["pue"] = pue
             e = row.get("energy_j")
             row["facility_energy_j"] = e * pue if e is not None else None
