@@ -14,12 +14,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAGES = sorted(["README.md"] + [os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "docs", "**", "*.md"), recursive=True)])
 MAX_NOT_RUN = 2  # snippets marked "# not run by the docs test: REASON"; keep it small
 
-# Pages whose snippets still use placeholder names (model, args, loader, m). Another issue owns
-# these pages; the entries are strict, so the test fails (XPASS) the day a page runs, and the
-# entry must then go.
-NOT_YET_RUNNABLE = {
-    "docs/distributed.md": "the snippet uses a Meter `m` it does not create and needs a torch.distributed job",
-}
+# Pages whose snippets cannot run yet, with why (none today). Entries are strict expected
+# failures: the test fails (XPASS) the day such a page runs, and the entry must then go.
+NOT_YET_RUNNABLE: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("page", PAGES)
