@@ -235,8 +235,13 @@ def test_region_auto_uses_geolocation_and_records_it(server):
 
 
 def test_region_auto_failure_is_labelled_world_average(server, caplog):
+    carbon._warned.discard("region")
     i = carbon.resolve("auto", geo_url="http://127.0.0.1:9/json")
     assert i.zone == "WORLD" and "region='auto' failed" in i.note
+    msgs = [r.getMessage() for r in caplog.records if r.name == "meter"]
+    # One warning, with the whole innermost cause and the fix; not "no region given" (one was).
+    assert len(msgs) == 1 and "Connection refused" in msgs[0] and "region=" in msgs[0]
+    assert not any("no region given" in m for m in msgs)
 
 
 def test_meter_with_live_provider_falls_back_in_span(server, clock, monkeypatch, caplog):

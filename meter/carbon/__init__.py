@@ -30,9 +30,10 @@ def _from_zone(z: offline.Zone, method: str = "offline", note: str = "") -> Inte
     return Intensity(z.key, z.name, z.g_per_kwh, z.source, z.year, z.kind, z.factor, method, notes)
 
 
-def world_default() -> Intensity:
-    """The world average, labelled "region unknown"; warns once with how to set the region."""
-    if "region" not in _warned:
+def world_default(warn: bool = True) -> Intensity:
+    """The world average, labelled "region unknown"; warns once with how to set the region
+    (``warn=False`` when the caller says why itself)."""
+    if warn and "region" not in _warned:
         _warned.add("region")
         log.warning("meter: no region given, so emissions use the world average (475 gCO2eq/kWh); %s", REGION_HINT)
     z = offline.zones()["WORLD"]
@@ -59,8 +60,9 @@ def resolve(region: str | None, *, geo_url: str | None = None, session: Any = No
         try:
             zone_key, how = geolocate(url=geo_url, session=session)
         except CarbonError as exc:
-            log.warning("meter: region='auto' failed (%s); using the world average", exc)
-            return replace(world_default(), note=f"region='auto' failed: {exc}")
+            log.warning("meter: region='auto' could not locate this machine (%s); emissions use the world average "
+                        "(475 gCO2eq/kWh): %s", exc, REGION_HINT)
+            return replace(world_default(warn=False), note=f"region='auto' failed: {exc}; {REGION_HINT}")
         z = offline.lookup(zone_key)
         if z is None:
             return replace(world_default(), note=f"IP geolocation gave {zone_key!r}, which has no offline data")

@@ -63,7 +63,7 @@ class Client:
             except requests.Timeout:
                 last = f"{what}: timed out after {self.timeout} s"
             except requests.RequestException as exc:
-                last = f"{what}: {type(exc).__name__} ({_strip(str(exc))})"
+                last = f"{what}: {type(exc).__name__} ({_cause(exc)})"
             else:
                 if r.status_code == 200:
                     try:
@@ -85,9 +85,16 @@ class Client:
         raise CarbonError(f"{last} (after {self.retries + 1} attempts)")
 
 
-def _strip(text: str) -> str:
-    # requests puts URLs in messages; ours carry no secrets, but keep messages short.
-    return text[:200]
+def _cause(exc: BaseException) -> str:
+    """The innermost cause of a requests error, whole and short: 'Name or service not known',
+    'Connection refused', not urllib3's chain of pool and URL reprs cut in the middle."""
+    inner = exc
+    while inner.__cause__ is not None or inner.__context__ is not None:
+        inner = inner.__cause__ or inner.__context__
+    text = str(inner)
+    if "] " in text and text.count("[Errno") == 1:  # '<...>: [Errno -2] Name or service not known'
+        text = text[text.index("[Errno"):]
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def _error_text(r: Any) -> str:

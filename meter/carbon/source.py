@@ -45,7 +45,7 @@ class IntensitySource:
         self.region = region
         self._auto = region is not None and region.lower() == "auto"
         if self._auto:
-            self.offline = replace(world_default(), note="region='auto' not geolocated yet")
+            self.offline = replace(world_default(warn=False), note="region='auto' not geolocated yet")
         elif region is None:
             self.offline = world_default()
         else:
