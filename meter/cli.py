@@ -189,31 +189,10 @@ def _cmd_doctor(args) -> int:
 # -- regions -----------------------------------------------------------------------------------
 
 
-def rank_regions(rows: list[dict], query: str | None) -> list[dict]:
-    """Order search hits for a person typing a code: the exact zone code (or an exact name or
-    alias) first, then zones whose code or name starts with the query, then the rest; each group
-    in the library's order (by zone key)."""
-    if not query:
-        return list(rows)
-    from .carbon import offline
-
-    q = " ".join(query.strip().lower().replace("_", " ").split())
-    exact = offline.lookup(query)
-
-    def tier(r: dict) -> int:
-        if r["zone"].lower() == q or (exact is not None and r["zone"] == exact.key) or r["name"].lower() == q:
-            return 0
-        if r["zone"].lower().startswith(q) or r["name"].lower().startswith(q):
-            return 1
-        return 2
-
-    return sorted(rows, key=tier)  # stable: keeps the order within a tier
-
-
 def _cmd_regions(args) -> int:
     from . import carbon
 
-    rows = rank_regions(carbon.regions(args.query), args.query)
+    rows = carbon.regions(args.query)  # ranked: exact code, then prefixes, then the rest
     if not rows:
         from .carbon import offline
 

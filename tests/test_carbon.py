@@ -255,3 +255,10 @@ def test_meter_with_live_provider_falls_back_in_span(server, clock, monkeypatch,
         assert span.emissions_g == pytest.approx(380.95)
         assert m.intensity().method == "fallback"
     assert not any("wrong-token" in r.getMessage() for r in caplog.records)
+
+
+def test_library_search_ranks_like_the_cli():
+    fr = [r["zone"] for r in carbon.regions("FR")]
+    assert fr[0] == "FR" and fr.index("GF") < fr.index("CF")  # a name starting with "Fr" before one containing it
+    de = [r["zone"] for r in carbon.regions("DE")]
+    assert de[0] == "DE" and de.index("DK") < de.index("BD")

@@ -191,9 +191,19 @@ def close_matches(region: str, n: int = 5) -> list[str]:
 
 
 def search(query: str | None = None) -> list[Zone]:
-    """Zones whose key, name or alias contains ``query`` (all zones if None), sorted by key."""
+    """Zones whose key, name or alias contains ``query`` (all zones if None), ranked for a person
+    typing a code: the exact zone (code, name or alias) first, then zones whose code or name
+    starts with the query, then the rest; by key within each group."""
     zs = sorted(zones().values(), key=lambda z: z.key)
     if not query:
         return zs
     q = _norm(query)
-    return [z for z in zs if q in z.key.lower() or q in z.name.lower() or any(q in a for a in z.aliases)]
+    hits = [z for z in zs if q in z.key.lower() or q in z.name.lower() or any(q in a for a in z.aliases)]
+    exact = lookup(query)
+
+    def tier(z: Zone) -> int:
+        if z.key.lower() == q or z.name.lower() == q or (exact is not None and z.key == exact.key):
+            return 0
+        return 1 if z.key.lower().startswith(q) or z.name.lower().startswith(q) else 2
+
+    return sorted(hits, key=tier)
