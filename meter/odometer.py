@@ -17,7 +17,7 @@ import logging
 import threading
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 from .counters import PeriodLearner, PowerIntegral, UpdateGrid, counter_delta
 from .sensors import COUNTER, POWER_INTEGRATED, Channel, Fault
@@ -177,7 +177,6 @@ class Odometer:
         self._fault_keys: set[tuple[str, str]] = set()
         self.wraps = [0] * len(self.channels)
         self.timeline: deque = deque(maxlen=TIMELINE_POINTS)  # (wall, total joules), one a minute
-        self.on_fault: Callable[[FaultRecord], None] | None = None
 
     # -- what the sampler needs to know ----------------------------------------------------
     @property

@@ -38,7 +38,7 @@ class IntensitySource:
     def __init__(self, region: str | None, carbon: str = "offline", *, session: Any = None,
                  base_url: str | None = None, geo_url: str | None = None, token: str | None = None,
                  cache_dir: str | None = "default", now: Callable[[], float] = time.time):
-        from . import offline, world_default
+        from . import world_default
 
         provider, _, zone = (carbon or "offline").partition(":")
         self.provider = provider.lower()
@@ -71,7 +71,6 @@ class IntensitySource:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._offline_module = offline
 
     @property
     def live(self) -> bool:
@@ -137,6 +136,7 @@ class IntensitySource:
 
     def _run(self) -> None:
         from .live import Client, geolocate, live_points
+        from .offline import lookup
 
         client = Client(self._session, retries=1)
         while not self._stop.is_set():
@@ -144,7 +144,7 @@ class IntensitySource:
             try:
                 if self._auto and self.zone is None:
                     zone, how = geolocate(url=self._geo_url, session=client.session)
-                    z = self._offline_module.lookup(zone)
+                    z = lookup(zone)
                     from . import _from_zone
 
                     if z is not None:
