@@ -56,7 +56,9 @@ def _fmt_j(j) -> str:
 
 
 def _summary(result, emissions_g, intensity) -> str:
-    lines = [f"meter: {result.name}: {result.duration_s:.2f} s, {_fmt_j(result.energy_j)}"
+    from .report.escape import clean
+
+    lines = [f"meter: {clean(result.name)}: {result.duration_s:.2f} s, {_fmt_j(result.energy_j)}"
              + (f", avg {result.avg_power_w:.1f} W" if result.avg_power_w is not None else "")]
     for comp, ce in result.energy_by_component.items():
         lines.append(f"  {comp:<5} {_fmt_j(ce.energy_j):>10}  {ce.provenance}")
@@ -64,7 +66,7 @@ def _summary(result, emissions_g, intensity) -> str:
         lines.append(f"  emissions {emissions_g:.4g} gCO2eq at {intensity.g_per_kwh:.0f} g/kWh "
                      f"({intensity.zone}, {intensity.method}{', ' + str(intensity.year) if intensity.year else ''})")
     for w in result.warnings:
-        lines.append(f"  note: {w}")
+        lines.append(f"  note: {clean(w)}")
     return "\n".join(lines)
 
 
@@ -87,10 +89,20 @@ def _cmd_run(args) -> int:
     # Created before the child starts, so a bad region, an unwritable output directory or GPUs
     # that cannot be read are reported before any work is done. The CPU estimate covers the
     # processes this one starts (the command's tree), once, and not meter's own polling.
-    m = Meter(region=args.region, pue=args.pue, interval_s=args.interval, output_dir=args.output,
-              run_name=args.name, carbon=args.carbon, pid="children", sync_cuda=False)
+    # run.json records this process's argv: with secret-looking values masked (the writer does
+    # that for every run), or nothing at all with --no-argv.
+    from .redact import env_secrets, mask_argv
+
+    saved_argv = sys.argv
+    sys.argv = [] if args.no_argv else mask_argv(sys.argv, env_secrets())
+    try:
+        m = Meter(region=args.region, pue=args.pue, interval_s=args.interval, output_dir=args.output,
+                  run_name=args.name, carbon=args.carbon, pid="children", sync_cuda=False)
+    finally:
+        sys.argv = saved_argv
     name = args.name or os.path.basename(cmd[0])
-    track = m.track(name, tags={"command": " ".join(cmd)[:500]})
+    tags = {} if args.no_argv else {"command": " ".join(mask_argv(cmd, env_secrets()))[:500]}
+    track = m.track(name, tags=tags)
     try:
         span = track.__enter__()
     except BaseException:
@@ -293,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--name", help="stage name (default: the command's name)")
     r.add_argument("--carbon", help="live intensity provider: electricitymaps[:ZONE] or uk[:GB-N] (default offline)")
     r.add_argument("-q", "--quiet", action="store_true", help="no live line and no summary")
+    r.add_argument("--no-argv", action="store_true", help="record no command line (run.json's argv and the span's "
+                   "command tag); without it, values of secret-looking arguments (--token, --password, --key, "
+                   "*_TOKEN=..., URL credentials) are recorded as ***")
     r.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]: the command to run and measure")
     r.set_defaults(func=_cmd_run)
 
@@ -361,5 +376,15 @@ def main(argv=None) -> int:
     except BrokenPipeError:
         return _quiet_broken_pipe()
     except MeterError as exc:
-        _err(error_line(exc))
+        from .redact import env_secrets, redact
+
+        _err(redact(error_line(exc), env_secrets()))
+        return EXIT_CONFIG
+    except Exception as exc:  # noqa: BLE001 - a report never ends in a traceback
+        if args.command != "report":
+            raise
+        from .redact import env_secrets, redact
+
+        _err(redact(f"could not render the report ({type(exc).__name__}: {exc}); this is a bug in meter {__version__}: "
+                    "please report it with the run directory", env_secrets()))
         return EXIT_CONFIG

@@ -11,12 +11,14 @@ import json
 import logging
 import math
 import os
+import stat
 from dataclasses import dataclass, field
 from typing import Any
 
 from .clock import utc_iso
 from .errors import RunLogError
 from .measurement import COUNT_NAMES, SCHEMA_VERSION
+from .recordcheck import check_heartbeat_entry, check_span, clean_run_info, number
 
 log = logging.getLogger("meter")
 
@@ -51,105 +53,147 @@ class Run:
 
 
 def _num(v: Any) -> float | None:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
+    return number(v)
+
+
+def _problem(problems: list[str], text: str) -> None:
+    if text not in problems:  # samples.csv is read by several callers: report each cause once
+        problems.append(text)
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def _loads(text: str) -> Any:
+    """Strict JSON: NaN and Infinity refused; nesting too deep is a ValueError, not a crash."""
+    try:
+        return json.loads(text, parse_constant=_no_constants)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def _open_regular(path: str, problems: list[str], mode: str = "rb"):
+    """``open(path)`` if it is a regular file; None if absent; a problem if it is something else
+    (a FIFO would block the reader forever, a directory cannot be read)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
         return None
-    return float(v) if math.isfinite(v) else None
+    except OSError as exc:
+        _problem(problems, f"{path}: unreadable ({exc.strerror or exc})")
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        _problem(problems, f"{path}: not a regular file; ignored")
+        return None
+    try:
+        return open(path, mode)
+    except OSError as exc:
+        _problem(problems, f"{path}: unreadable ({exc.strerror or exc})")
+        return None
 
 
-def _valid_span(rec: dict) -> str | None:
-    """Why a span record cannot be used, or None."""
-    if not isinstance(rec.get("span_id"), int) or isinstance(rec.get("span_id"), bool):
-        return "no integer span_id"
-    if not isinstance(rec.get("name"), str) or not isinstance(rec.get("path"), str):
-        return "no name or path"
-    for k in ("energy_by_component", "devices", "counts", "tags", "peak_power_by_component_w"):
-        if rec.get(k) is not None and not isinstance(rec.get(k), dict):
-            return f"{k} is not an object"
-    for k in ("energy_j", "duration_s", "measured_energy_j", "estimated_energy_j", "avg_power_w", "peak_power_w"):
-        if rec.get(k) is not None and _num(rec.get(k)) is None:
-            return f"{k} is not a number"
-    return None
+def _decode(raw: bytes, where: str, problems: list[str]) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        _problem(problems, f"{where}: invalid UTF-8 replaced by U+FFFD")
+        return raw.decode("utf-8", "replace")
 
 
 def _read_jsonl(path: str, problems: list[str]) -> list[dict]:
     out: list[dict] = []
     seen: set[int] = set()
-    try:
-        f = open(path, encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        return out
-    except OSError as exc:
-        problems.append(f"{path}: unreadable ({exc.strerror})")
+    f = _open_regular(path, problems)
+    if f is None:
         return out
     with f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                if not isinstance(rec, dict):
-                    raise ValueError("not an object")
-            except ValueError as exc:
-                problems.append(f"{path}:{n}: corrupt line skipped ({exc})")
-                continue
-            version = rec.get("schema_version", 0)
-            if not isinstance(version, int):
-                problems.append(f"{path}:{n}: schema_version {version!r} is not a number; line skipped")
-                continue
-            if version > SCHEMA_VERSION:
-                problems.append(f"{path}:{n}: schema_version {version} is newer than this meter reads; upgrade meter")
-                continue
-            why = _valid_span(rec)
-            if why:
-                problems.append(f"{path}:{n}: span record skipped ({why})")
-                continue
-            if rec["span_id"] in seen:
-                problems.append(f"{path}:{n}: duplicate of span {rec['span_id']} skipped")
-                continue
-            seen.add(rec["span_id"])
-            out.append(rec)
+        try:
+            lines = list(enumerate(f, 1))
+        except OSError as exc:
+            problems.append(f"{path}: read failed ({exc.strerror or exc}); the lines read before are kept")
+            lines = []
+    for n, raw in lines:
+        where = f"{path}:{n}"
+        line = _decode(raw, where, problems)
+        if not line.strip():
+            continue
+        try:
+            rec = _loads(line)
+            if not isinstance(rec, dict):
+                raise ValueError(f"a JSON {type(rec).__name__}, not an object")
+        except ValueError as exc:
+            problems.append(f"{where}: corrupt line skipped ({str(exc)[:120]})")
+            continue
+        version = rec.get("schema_version", 0)
+        if isinstance(version, bool) or not isinstance(version, int):
+            problems.append(f"{where}: schema_version {version!r:.40} is not a number; line skipped")
+            continue
+        if version > SCHEMA_VERSION:
+            problems.append(f"{where}: schema_version {version} is newer than this meter reads; upgrade meter")
+            continue
+        why = check_span(rec)
+        if why:
+            problems.append(f"{where}: span record skipped ({why})")
+            continue
+        if rec["span_id"] in seen:
+            problems.append(f"{where}: duplicate of span {rec['span_id']} skipped")
+            continue
+        seen.add(rec["span_id"])
+        out.append(rec)
     return out
 
 
 def read_samples(run_dir: str, problems: list[str]) -> tuple[list[str], list[list[float]]]:
-    """samples.csv as (header, rows of floats); bad rows are counted into ``problems``."""
+    """samples.csv as (header, rows of floats); bad rows are counted into ``problems``: not
+    numbers, not the header's width, not finite, or going back in time."""
     path = os.path.join(run_dir, "samples.csv")
-    try:
-        f = open(path, encoding="utf-8", errors="replace")
-    except OSError:
+    f = _open_regular(path, problems)
+    if f is None:
         return [], []
     rows: list[list[float]] = []
     bad = 0
     with f:
-        header = f.readline().strip().split(",")
-        if header[:2] != ["t_wall_s", "t_mono_s"]:
-            problems.append(f"{path}: no valid header; samples ignored")
+        try:
+            data = f.read()
+        except OSError as exc:
+            _problem(problems, f"{path}: read failed ({exc.strerror or exc}); samples ignored")
             return [], []
-        for line in f:
-            row = line.strip().split(",")
-            try:
-                vals = [float(x) for x in row]
-            except ValueError:
-                vals = []
-            if len(vals) != len(header) or not all(math.isfinite(v) for v in vals):
-                bad += 1
-                continue
-            rows.append(vals)
+    text = _decode(data, path, problems)
+    lines = text.splitlines()
+    header = lines[0].strip().split(",") if lines else []
+    if header[:2] != ["t_wall_s", "t_mono_s"] or len(set(header)) != len(header) or not all(header):
+        _problem(problems, f"{path}: no valid header; samples ignored")
+        return [], []
+    last_t = -math.inf
+    for line in lines[1:]:
+        if not line.strip():
+            continue
+        try:
+            vals = [float(x) for x in line.strip().split(",")]
+        except ValueError:
+            vals = []
+        if len(vals) != len(header) or not all(math.isfinite(v) for v in vals) or vals[1] < last_t:
+            bad += 1
+            continue
+        last_t = vals[1]
+        rows.append(vals)
     if bad:
-        problems.append(f"{path}: {bad} malformed row(s) skipped")
+        _problem(problems, f"{path}: {bad} malformed row(s) skipped")
     return header, rows
 
 
 def _rebuild_open(run_dir: str, info: dict, closed_ids: set, problems: list[str]) -> list[dict]:
     """Spans open when the process died: from the heartbeat and the last sample row."""
     hb_path = os.path.join(run_dir, "heartbeat.json")
-    try:
-        with open(hb_path, encoding="utf-8") as f:
-            hb = json.load(f)
-    except FileNotFoundError:
+    f = _open_regular(hb_path, problems)
+    if f is None:
         return []
+    try:
+        with f:
+            hb = _loads(_decode(f.read(), hb_path, problems))
     except (OSError, ValueError) as exc:
-        problems.append(f"{hb_path}: corrupt heartbeat ignored ({exc})")
+        problems.append(f"{hb_path}: corrupt heartbeat ignored ({str(exc)[:120]})")
         return []
     entries = hb.get("open") if isinstance(hb, dict) else None
     if not isinstance(entries, list):
@@ -159,9 +203,15 @@ def _rebuild_open(run_dir: str, info: dict, closed_ids: set, problems: list[str]
     last = dict(zip(header, rows[-1], strict=True)) if rows else None
     channels = [c for c in (info.get("channels") or []) if isinstance(c, dict) and "key" in c]
     out = []
-    for o in entries:
-        if not isinstance(o, dict) or o.get("span_id") in closed_ids or not isinstance(o.get("span_id"), int):
+    seen = set(closed_ids)
+    for n, o in enumerate(entries):
+        why = check_heartbeat_entry(o)
+        if why:
+            problems.append(f"{hb_path}: open span {n} skipped ({why})")
             continue
+        if o["span_id"] in seen:
+            continue
+        seen.add(o["span_id"])
         rec = {
             "schema_version": SCHEMA_VERSION, "type": "span", "status": "incomplete",
             "name": str(o.get("name")), "path": str(o.get("path")), "span_id": o["span_id"],
@@ -196,29 +246,70 @@ def _rebuild_open(run_dir: str, info: dict, closed_ids: set, problems: list[str]
                 est = sum(d["energy_j"] for d in devices.values() if d["provenance"] == "estimated")
                 rec.update(energy_j=total, estimated_energy_j=est, measured_energy_j=total - est,
                            avg_power_w=total / rec["duration_s"] if rec["duration_s"] > 0 else None)
+        else:
+            # No sample after its start: nothing measured, and said so (never a silent zero).
+            rec.update(duration_s=0.0, end_utc=rec["start_utc"], energy_j=None)
+            rec["warnings"] = rec["warnings"] + ["no power sample was written after this span started; energy unknown"]
         out.append(rec)
     return out
 
 
-def read_run(run_dir: str) -> Run:
-    """Read one run directory. Never raises for corrupt content: problems are listed on the Run."""
-    problems: list[str] = []
+def _read_info(run_dir: str, problems: list[str]) -> dict:
     info_path = os.path.join(run_dir, "run.json")
+    fallback = {"run_id": os.path.basename(os.path.normpath(run_dir)) or "run"}
+    if not os.path.lexists(info_path):
+        raise RunLogError(f"{run_dir} has no run.json: not a meter run directory")
+    f = _open_regular(info_path, problems)
+    if f is None:
+        return fallback
     try:
-        with open(info_path, encoding="utf-8") as f:
-            info = json.load(f)
+        with f:
+            info = _loads(_decode(f.read(), info_path, problems))
         if not isinstance(info, dict):
-            raise ValueError("not an object")
-    except FileNotFoundError:
-        raise RunLogError(f"{run_dir} has no run.json: not a meter run directory") from None
+            raise ValueError(f"a JSON {type(info).__name__}, not an object")
     except (OSError, ValueError) as exc:
-        problems.append(f"{info_path}: corrupt ({exc}); run details unknown")
-        info = {"run_id": os.path.basename(run_dir.rstrip("/"))}
-    spans = _read_jsonl(os.path.join(run_dir, "spans.jsonl"), problems)
+        problems.append(f"{info_path}: corrupt ({str(exc)[:120]}); run details unknown")
+        return fallback
+    version = info.get("schema_version", 0)
+    if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
+        problems.append(f"{info_path}: schema_version {version} is newer than this meter reads; upgrade meter")
+    info = clean_run_info(info, info_path, problems)
+    if not info.get("run_id"):
+        info["run_id"] = fallback["run_id"]
+    return info
+
+
+def _break_cycles(spans: list[dict], where: str, problems: list[str]) -> None:
+    """A span that is its own ancestor (a corrupt parent_id) becomes a top-level span."""
+    by_id = {s["span_id"]: s for s in spans}
+    for s in spans:
+        seen = {s["span_id"]}
+        p = s.get("parent_id")
+        while p is not None and p in by_id:
+            if p in seen:
+                problems.append(f"{where}: span {s['span_id']} is its own ancestor (parent_id {s['parent_id']}); "
+                                "read as a top-level span")
+                s["parent_id"] = None
+                s["depth"] = 0
+                break
+            seen.add(p)
+            p = by_id[p].get("parent_id")
+
+
+def read_run(run_dir: str) -> Run:
+    """Read one run directory. Never raises for corrupt content: problems are listed on the Run
+    (raises RunLogError only when ``run_dir`` has no run.json at all)."""
+    run_dir = os.fspath(run_dir)
+    problems: list[str] = []
+    info = _read_info(run_dir, problems)
+    spans_path = os.path.join(run_dir, "spans.jsonl")
+    spans = _read_jsonl(spans_path, problems)
     closed = {s["span_id"] for s in spans}
     spans.extend(_rebuild_open(run_dir, info, closed, problems))
+    _break_cycles(spans, spans_path, problems)
     for p in problems:
         log.warning("meter: %s", p)
+    info["run_dir"] = run_dir  # where it was read from (copies of a run share its run_id)
     return Run(run_dir, info, spans, problems)
 
 
@@ -229,10 +320,14 @@ def find_runs(paths) -> list[str]:
     out = []
     for p in paths:
         p = os.fspath(p)
-        if os.path.isfile(os.path.join(p, "run.json")):
+        if os.path.lexists(os.path.join(p, "run.json")):  # also a damaged one: read_run reports it
             out.append(p)
         elif os.path.isdir(p):
-            out.extend(sorted(os.path.join(p, d) for d in os.listdir(p) if os.path.isfile(os.path.join(p, d, "run.json"))))
+            try:
+                names = os.listdir(p)
+            except OSError as exc:
+                raise RunLogError(f"cannot list {p} ({exc.strerror or exc})") from None
+            out.extend(sorted(os.path.join(p, d) for d in names if os.path.lexists(os.path.join(p, d, "run.json"))))
         else:
             raise RunLogError(f"{p} does not exist")
     if not out:

@@ -211,7 +211,9 @@ def build(paths, *, live: bool = True, session: Any = None, df=None, metric: str
     infos = df.attrs.get("runs", [])
     records = df.to_dict("records")
     for info in infos:
-        rows = [r for r in records if r.get("run_id") == info.get("run_id")]
+        # by directory: copies of a run share its run_id, and their spans must not mix
+        rows = [r for r in records if r.get("run_dir") == info.get("run_dir")] if "run_dir" in info else \
+            [r for r in records if r.get("run_id") == info.get("run_id")]
         runs.append(_run(info, rows))
     all_exp = {
         "runs": len(runs),

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from .escape import clean, md, md_code, tex
+
 PROV = {"counter": "ctr", "power-integrated": "pwr", "estimated": "est", "mixed": "mix", None: "?"}
 SENSORS_TITLE = "Sensors and assumptions"
 LEGEND = ("Provenance: **ctr** hardware energy counter (NVML, RAPL), **pwr** integrated power samples, "
@@ -76,7 +78,8 @@ def stage_rows(run: dict) -> list[list[str]]:
     unit = run_unit(run)
     rows = []
     for s in run["stages"]:
-        name = "&nbsp;&nbsp;" * s["depth"] + s["name"] + ("" if s["status"] == "complete" else f" ({s['status']})")
+        # Indentation as no-break spaces (characters, not markup): the same text in every format.
+        name = INDENT * min(s["depth"], 20) + s["name"] + ("" if s["status"] == "complete" else f" ({s['status']})")
         if s.get("counts_from_children"):
             name += " †"
         rows.append([
@@ -88,6 +91,8 @@ def stage_rows(run: dict) -> list[list[str]]:
     return rows
 
 
+INDENT = "\u00a0\u00a0"
+
 STAGE_HEAD = ["stage", "kind", "time (s)", "energy ({unit})", "GPU ({unit})", "CPU ({unit})", "DRAM ({unit})", "avg W",
               "peak W", "gCO2eq", "samples/s", "tokens/s", "J/sample", "J/1k tokens", "FLOP/J"]
 
@@ -98,9 +103,25 @@ def stage_head(run: dict) -> list[str]:
 
 
 def md_table(head: list[str], rows: list[list[str]]) -> list[str]:
-    out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
+    """A GFM table; every cell is text (escaped here), never markup."""
+    out = ["| " + " | ".join(md(h) for h in head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    out += ["| " + " | ".join(md(c) for c in r) + " |" for r in rows]
     return out
+
+
+def md_line(text: Any) -> str:
+    """A paragraph or list item's text: escaped, and unable to start a block of its own."""
+    return md(text, block=True)
+
+
+def problems_markdown(card: dict, level: int = 1) -> list[str]:
+    """The problems section: records skipped and runs not fully read (empty when none)."""
+    probs = card.get("problems") or []
+    if not probs:
+        return []
+    return [f"{'#' * level} Problems reading the run logs", "",
+            f"{len(probs)} problem(s); the records named were skipped and the figures above exclude them.", ""] + [
+        f"- {md_line(p)}" for p in probs] + [""]
 
 
 def sensor_lines(run: dict) -> list[str]:
@@ -135,8 +156,9 @@ def run_markdown(card: dict, run: dict, *, level: int = 1) -> list[str]:
     """One run's efficiency card: summary, stages, sensors and assumptions, notes."""
     h = "#" * level
     t = run["totals"]
-    out = [f"{h} Efficiency card: {run.get('title') or run['run_name'] or run['run_id']}", "",
-           f"Measured by {card['generated_by']}, run `{run['run_id']}`, {run['started_utc']} to {run['ended_utc']}.", ""]
+    out = [f"{h} Efficiency card: {md(run.get('title') or run['run_name'] or run['run_id'])}", "",
+           f"Measured by {md(card['generated_by'])}, run {md_code(run['run_id'])}, {md(run['started_utc'])} to "
+           f"{md(run['ended_utc'])}.", ""]
     out += md_table(["", ""], [
         ["Hardware", run["hardware"]["summary"]],
         ["Software", ", ".join(f"{k.replace('_version', '')} {v}" for k, v in run["software"].items())],
@@ -152,13 +174,13 @@ def run_markdown(card: dict, run: dict, *, level: int = 1) -> list[str]:
             "energy (nested stages of another kind, such as evaluation inside an epoch, excluded).", ""]
     out += extra_sections(run)
     out += [f"{h}# {SENSORS_TITLE}", ""]
-    out += [f"- {line}" for line in sensor_lines(run)]
+    out += [f"- {md_line(line)}" for line in sensor_lines(run)]
     warnings = sorted({w for s in run["stages"] for w in s["warnings"]})
     if warnings or run["faults"] or run["notes"]:
         out += ["", f"{h}# Notes", ""]
-        out += [f"- {n}" for n in run["notes"]]
-        out += [f"- sensor fault: {f.get('key')}: {f.get('reason')}" for f in run["faults"]]
-        out += [f"- {w}" for w in warnings]
+        out += [f"- {md_line(n)}" for n in run["notes"]]
+        out += [f"- sensor fault: {md(f.get('key'))}: {md(f.get('reason'))}" for f in run["faults"]]
+        out += [f"- {md_line(w)}" for w in warnings]
     out.append("")
     return out
 
@@ -213,9 +235,10 @@ def markdown(card: dict) -> str:
         head, rows, _ = overview_table(card)
         out += [f"# Sweep overview: {len(card['runs'])} runs", ""]
         out += md_table(head, rows)
-        out += [""] + overview_notes(card) + [""]
+        out += [""] + [md_line(n) for n in overview_notes(card)] + [""]
     for run in card["runs"]:
         out += run_markdown(card, run, level=2 if sweep else 1)
+    out += problems_markdown(card, level=2 if sweep else 1)
     return "\n".join(out)
 
 
@@ -224,7 +247,7 @@ def extra_sections(run: dict) -> list[str]:
     out: list[str] = []
     derived = [s for s in run["stages"] if s.get("counts_from_children")]
     if derived:
-        out += ["† " + "; ".join(f"{s['path']}: {', '.join(s['counts_from_children'])}" for s in derived)
+        out += ["† " + md("; ".join(f"{s['path']}: {', '.join(s['counts_from_children'])}" for s in derived))
                 + ": the sum of its sub-stages of the same kind (the stage counted none itself).", ""]
     gen = [s for s in run["stages"] if s.get("output_tokens")]
     if gen:
@@ -239,7 +262,7 @@ def extra_sections(run: dict) -> list[str]:
         for b in run.get("budgets", []):
             limit = " and ".join(x for x in (f"{fmt(b['budget_kwh'])} kWh" if b["budget_kwh"] else "",
                                              f"{fmt(b['budget_g'])} gCO2eq" if b["budget_g"] else "") if x)
-            out.append(f"- Budget of `{b['path']}`: {limit} (on_budget={b['action']}): {b['outcome']}; used "
+            out.append(f"- Budget of {md_code(b['path'])}: {limit} (on\\_budget={md(b['action'])}): {md(b['outcome'])}; used "
                        f"{fmt(b['energy_kwh'])} kWh, {fmt(b['emissions_g'])} gCO2eq.")
         if run.get("forecasts"):
             if run.get("budgets"):
@@ -258,11 +281,8 @@ def to_json(card: dict) -> str:
     return json.dumps(card, indent=2, default=str) + "\n"
 
 
-_LATEX_ESC = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}", "\\": r"\textbackslash{}"}
-
-
-def _tex(s: str) -> str:
-    return "".join(_LATEX_ESC.get(ch, ch) for ch in str(s))
+def _tex(s: Any) -> str:
+    return tex(s)
 
 
 def latex(card: dict) -> str:
@@ -283,6 +303,7 @@ def latex(card: dict) -> str:
                 f"({_tex(i.get('zone'))}, {_tex(i.get('source'))}, {i.get('year') or 'n/a'}), PUE {fmt(run['pue'])}. "
                 f"Provenance: ctr hardware counter, pwr integrated power, est estimated. Measured with {_tex(card['generated_by'])}.}}",
                 r"\end{table}", ""]
+    out += [f"% problem reading the run logs: {clean(p)}" for p in card.get("problems") or []]
     return "\n".join(out)
 
 
@@ -329,13 +350,12 @@ def climate_rows(card: dict, *, model_public: str | None = None, positive_impact
 def climate_markdown(card: dict, **kw: Any) -> str:
     rows = climate_rows(card, **kw)
     title = card["runs"][0]["run_name"] or card["runs"][0]["run_id"]
-    out = [f"# Climate performance model card: {title}", "",
-           "Following the guidelines of Hershcovich et al. (2022), \"Towards Climate Awareness in NLP Research\".", "",
-           "| Minimum card | |", "|---|---|"]
-    out += [f"| {q} | {a} |" for q, a in rows[:5]]
-    out += ["", "| Extended card | |", "|---|---|"]
-    out += [f"| {q} | {a} |" for q, a in rows[5:]]
-    return "\n".join(out) + "\n"
+    out = [f"# Climate performance model card: {md(title)}", "",
+           "Following the guidelines of Hershcovich et al. (2022), \"Towards Climate Awareness in NLP Research\".", ""]
+    out += md_table(["Minimum card", ""], [list(r) for r in rows[:5]])
+    out += [""] + md_table(["Extended card", ""], [list(r) for r in rows[5:]])
+    probs = problems_markdown(card, level=2)
+    return "\n".join(out + ([""] + probs if probs else [])).rstrip("\n") + "\n"
 
 
 def comparison_lines(c: dict) -> tuple[list[str], list[list[str]], list[str]]:
