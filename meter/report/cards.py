@@ -3,12 +3,12 @@ notebook (:class:`Report`)."""
 
 from __future__ import annotations
 
-import html
 import os
 from typing import Any
 
 from ..errors import ConfigError
 from . import render as R
+from .escape import html_text
 from .model import build
 
 FORMATS = ("md", "json", "html", "hf", "latex", "climate")
@@ -132,7 +132,7 @@ class Report:
         return f"<Report {a['runs']} run(s) {R.fmt(a['energy_kwh'])} kWh {R.fmt(a['emissions_g'])} gCO2eq>"
 
     def _repr_html_(self) -> str:
-        esc = html.escape
+        esc = html_text
         if "sweep" in self.card:
             head, rows, _ = R.overview_table(self.card)
             caption = f"{len(self.runs)} runs; " + " ".join(R.overview_notes(self.card)[:2])

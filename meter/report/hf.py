@@ -8,13 +8,18 @@ Hub's own ``emissions_thresholds`` filter reads as 1.5).
 from __future__ import annotations
 
 import os
+import re
 from decimal import Decimal
 from typing import Any
 
+from .escape import clean, md
 from .render import PROV, fmt, kwh, location_text
 
 BEGIN = "<!-- meter:efficiency:start -->"
 END = "<!-- meter:efficiency:end -->"
+# The section: from a line that is exactly BEGIN to the next line that is exactly END. Names are
+# escaped (``<`` becomes ``\\<``) and kept on one line, so no stage name can forge either marker.
+_SECTION = re.compile(rf"^{re.escape(BEGIN)}[ \t]*$.*?^{re.escape(END)}[ \t]*$", re.M | re.S)
 
 
 class PlainDecimal(float):
@@ -48,26 +53,31 @@ def co2_metadata(card: dict, *, training_type: str = "fine-tuning") -> dict[str,
     provs = sorted({f"{comp.upper()} {c['provenance']}" for s in run["stages"] for comp, c in s["components"].items()})
     return {
         "emissions": PlainDecimal(grams),
-        "source": f"{card['generated_by']} ({'; '.join(provs)}; intensity {fmt((run['intensity'] or {}).get('g_per_kwh'))} gCO2eq/kWh, PUE {fmt(run['pue'])})",
+        "source": clean(f"{card['generated_by']} ({'; '.join(provs)}; intensity {fmt((run['intensity'] or {}).get('g_per_kwh'))} gCO2eq/kWh, PUE {fmt(run['pue'])})"),
         "training_type": training_type,
-        "geographical_location": location_text(run),
-        "hardware_used": run["hardware"]["summary"],
+        "geographical_location": clean(location_text(run)),
+        "hardware_used": clean(run["hardware"]["summary"]),
     }
 
 
 def body_section(card: dict) -> str:
     run = card["runs"][0]
     lines = [BEGIN, "## Efficiency", "",
-             f"Measured with {card['generated_by']}. Energy by stage (provenance: ctr hardware counter, "
+             f"Measured with {md(card['generated_by'])}. Energy by stage (provenance: ctr hardware counter, "
              "pwr integrated power, est estimated):", "",
              "| stage | time (s) | energy (kWh) | gCO2eq | J/sample | provenance |", "|---|---|---|---|---|---|"]
     for s in run["stages"]:
         prov = "/".join(sorted({PROV.get(c["provenance"], "?") for c in s["components"].values()})) or "-"
-        lines.append(f"| {s['path']} | {fmt(s['duration_s'])} | {kwh(s['energy_j'])} | {fmt(s['emissions_g'])} | "
+        lines.append(f"| {md(s['path'])} | {fmt(s['duration_s'])} | {kwh(s['energy_j'])} | {fmt(s['emissions_g'])} | "
                      f"{fmt(s['energy_per_sample_j'])} | {prov} |")
     t = run["totals"]
     lines += ["", f"Total: {fmt(t['energy_kwh'])} kWh IT energy, {fmt(t['facility_energy_kwh'])} kWh with PUE "
-              f"{fmt(run['pue'])}, {fmt(t['emissions_g'])} gCO2eq; hardware: {run['hardware']['summary']}.", END]
+              f"{fmt(run['pue'])}, {fmt(t['emissions_g'])} gCO2eq; hardware: {md(run['hardware']['summary'])}."]
+    probs = card.get("problems") or []
+    if probs:
+        lines += ["", f"Problems reading the run logs ({len(probs)}; the records named were skipped):", ""]
+        lines += [f"- {md(p, block=True)}" for p in probs]
+    lines.append(END)
     return "\n".join(lines)
 
 
@@ -84,9 +94,10 @@ def update_model_card(readme_path: str, card: dict, *, training_type: str = "fin
     mc.data["co2_eq_emissions"] = co2_metadata(card, training_type=training_type)
     text = mc.text or ""
     section = body_section(card)
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
+    if _SECTION.search(text):
+        # Every earlier section is replaced (a copied card may hold two): one, with fresh rows.
+        m = _SECTION.search(text)
+        text = text[: m.start()] + section + _SECTION.sub("", text[m.end():])
     else:
         text = text.rstrip("\n") + ("\n\n" if text.strip() else "\n") + section + "\n"
     mc.text = text

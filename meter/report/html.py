@@ -59,8 +59,11 @@ CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
 
 
 def _png(fig) -> str:
+    from .plots import plain_text
+
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    with plain_text():
+        fig.savefig(buf, format="png", dpi=110)
     import matplotlib.pyplot as plt
 
     plt.close(fig)

@@ -3,7 +3,10 @@ bars, the Pareto frontier. Each returns a Figure; the caller saves or embeds it.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
+
+from .escape import plot_text
 
 COLORS = {"gpu": "#1b9e77", "cpu": "#d95f02", "dram": "#7570b3"}
 
@@ -17,6 +20,35 @@ def _plt():
     return plt
 
 
+#: Names are text: no mathtext (``cost $\\frac{1}{$`` would crash the figure), no TeX.
+PLAIN_TEXT = {"text.parse_math": False, "text.usetex": False, "axes.formatter.use_mathtext": False}
+
+
+@contextlib.contextmanager
+def plain_text():
+    """Matplotlib settings under which every label is literal text (figures and their saving)."""
+    import warnings
+
+    import matplotlib
+
+    with matplotlib.rc_context(PLAIN_TEXT), warnings.catch_warnings():
+        # A name in a script the font lacks is drawn as boxes; one warning per glyph is noise.
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from font", category=UserWarning)
+        yield
+
+
+def _plain(fn):
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*a, **kw):
+        with plain_text():
+            return fn(*a, **kw)
+
+    return wrapper
+
+
+@_plain
 def power_timeline(run, card_run: dict | None = None):
     """Power per component over the run (W), from samples.csv, with top-level stages shaded."""
     from ..clock import parse_utc_iso
@@ -41,7 +73,7 @@ def power_timeline(run, card_run: dict | None = None):
     for k, s in enumerate(x for x in stages if x["depth"] == 0 and x.get("end_utc")):
         a, b = parse_utc_iso(s["start_utc"]) - t0, parse_utc_iso(s["end_utc"]) - t0
         ax.axvspan(a, b, color=shades[k % 2])
-        ax.text((a + b) / 2, 1.0, s["name"], transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=8)
+        ax.text((a + b) / 2, 1.0, plot_text(s["name"], 30), transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=8)
     ax.set_xlabel("time since start (s)")
     ax.set_ylabel("power (W)")
     ax.legend(loc="upper right", fontsize=8)
@@ -49,12 +81,14 @@ def power_timeline(run, card_run: dict | None = None):
     return fig
 
 
+@_plain
 def stage_energy_bars(card_run: dict, *, max_depth: int = 1):
     """Each stage's own energy (J), stacked by component."""
     plt = _plt()
     stages = [s for s in card_run["stages"] if s["depth"] <= max_depth]
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(stages) + 1.2))
-    labels = [("  " * s["depth"]) + s["name"] for s in stages][::-1]
+    # Distinct labels even for equal names: the categorical axis would merge them.
+    labels = [f"{'  ' * s['depth']}{plot_text(s['name'])}" + "\u200b" * k for k, s in enumerate(stages)][::-1]
     left = [0.0] * len(stages)
     for comp in ("gpu", "cpu", "dram"):
         vals = []
@@ -71,6 +105,7 @@ def stage_energy_bars(card_run: dict, *, max_depth: int = 1):
     return fig
 
 
+@_plain
 def pareto_plot(df, *, quality: str, cost: str, label: str | None = None, maximize: bool = True, ax: Any = None):
     """Scatter of quality against cost with the non-dominated frontier drawn."""
     from .analysis import pareto_front
@@ -86,15 +121,16 @@ def pareto_plot(df, *, quality: str, cost: str, label: str | None = None, maximi
     ax.plot(front[cost], front[quality], color="#d95f02", linewidth=1)
     if label and label in data.columns:
         for _, r in data.iterrows():
-            ax.annotate(str(r[label]), (r[cost], r[quality]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel(cost)
-    ax.set_ylabel(quality)
+            ax.annotate(plot_text(r[label]), (r[cost], r[quality]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel(plot_text(cost))
+    ax.set_ylabel(plot_text(quality))
     ax.legend(fontsize=8)
     if fig is not None:
         fig.tight_layout()
     return fig or ax.figure
 
 
+@_plain
 def sweep_pareto(card: dict):
     """A sweep's quality metric against each run's energy (J), the Pareto frontier joined up and
     the baseline ringed. Needs ``card["sweep"]`` with a metric."""
@@ -111,20 +147,21 @@ def sweep_pareto(card: dict):
         ax.scatter([base[0]["energy_j"]], [base[0]["metric"]], s=180, facecolors="none", edgecolors="#1b9e77",
                    linewidths=1.5, label="baseline", zorder=4)
     for r in rows:
-        ax.annotate(r["title"], (r["energy_j"], r["metric"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        ax.annotate(plot_text(r["title"], 40), (r["energy_j"], r["metric"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
     ax.set_xlabel("energy per run (J, IT)")
-    ax.set_ylabel(f"{sw['metric']} ({'higher' if sw['maximize'] else 'lower'} is better)")
+    ax.set_ylabel(f"{plot_text(sw['metric'], 40)} ({'higher' if sw['maximize'] else 'lower'} is better)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
 
+@_plain
 def sweep_energy_bars(card: dict):
     """Energy per run (J), stacked by component."""
     plt = _plt()
     rows = card["sweep"]["rows"]
     fig, ax = plt.subplots(figsize=(6.4, 0.4 * len(rows) + 1.2))
-    labels = [r["title"] for r in rows][::-1]
+    labels = [plot_text(r["title"], 40) + "\u200b" * k for k, r in enumerate(rows)][::-1]
     left = [0.0] * len(rows)
     for comp in ("gpu", "cpu", "dram"):
         vals = [r["components_j"].get(comp, 0.0) for r in rows][::-1]

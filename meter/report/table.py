@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from .escape import clean
+
 PROV_SHORT = {"counter": "ctr", "power-integrated": "pwr", "estimated": "est", "mixed": "mix"}
 
 
@@ -36,7 +38,8 @@ def stage_table(df, *, components=("gpu", "cpu", "dram")) -> str:
     rows = []
     for _, r in df.iterrows():
         depth = int(_num(r.get("depth")) or 0)
-        name = "  " * depth + str(r["name"]) + ("" if r.get("status", "complete") == "complete" else f" ({r['status']})")
+        # clean(): a name cannot move the cursor, clear the terminal or break the line
+        name = "  " * min(depth, 20) + clean(r["name"]) + ("" if r.get("status", "complete") == "complete" else f" ({clean(r['status'])})")
         cells = [name, f"{_num(r['duration_s']) or 0.0:.2f} s", _fmt_energy(_num(r["energy_j"]))]
         for c in comps:
             e = _num(r.get(f"{c}_energy_j"))
