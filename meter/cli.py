@@ -98,6 +98,7 @@ def _cmd_run(args) -> int:
     try:
         m = Meter(region=args.region, pue=args.pue, interval_s=args.interval, output_dir=args.output,
                   run_name=args.name, carbon=args.carbon, pid="children", sync_cuda=False)
+        m.start()  # writes run.json, with the argv above
     finally:
         sys.argv = saved_argv
     name = args.name or os.path.basename(cmd[0])

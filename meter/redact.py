@@ -108,3 +108,20 @@ def redact_obj(value, secrets: Sequence[str] = ()):
     if isinstance(value, (list, tuple)):
         return [redact_obj(v, secrets) for v in value]
     return value
+
+
+def redact_known(value, secrets: Sequence[str] = ()):
+    """A JSON-like value with every known secret value replaced in its strings (nothing else
+    changed: for records, where secret-looking patterns could be ordinary data)."""
+    if not secrets:
+        return value
+    if isinstance(value, str):
+        for s in secrets:
+            if s and s in value:
+                value = value.replace(s, MASK)
+        return value
+    if isinstance(value, dict):
+        return {k: redact_known(v, secrets) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact_known(v, secrets) for v in value]
+    return value

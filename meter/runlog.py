@@ -52,10 +52,23 @@ def check_writable(output_dir: str) -> None:
         ) from None
 
 
+#: The longest path component safe_component makes (file systems allow 255 bytes).
+MAX_COMPONENT = 100
+
+
 def safe_component(text: str, fallback: str = "x") -> str:
-    """``text`` as one safe path component: letters, digits, ``-_.``; never ``.`` or ``..``."""
-    out = "".join(ch if (ch.isascii() and ch.isalnum()) or ch in "-_." else "-" for ch in str(text)).strip(".")
-    return out[:100] or fallback
+    """``text`` as one safe path component: ASCII letters, digits, ``-_.``; never ``.``, ``..``,
+    a hidden name or one that reads as an option (no leading ``.`` or ``-``); at most
+    MAX_COMPONENT characters, a long one keeping its head and tail (where run ids hold their
+    time, host and pid) around a hash of the whole."""
+    raw = str(text)
+    out = "".join(ch if (ch.isascii() and ch.isalnum()) or ch in "-_." else "-" for ch in raw).lstrip(".-").rstrip(".")
+    if len(out) > MAX_COMPONENT:
+        import hashlib
+
+        digest = hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+        out = f"{out[:40]}-{digest}-{out[-(MAX_COMPONENT - 52):]}"
+    return out or fallback
 
 
 def make_run_dir(output_dir: str, base: str) -> str:
@@ -113,6 +126,16 @@ def atomic_write_json(path: str, data: Any) -> None:
         raise
 
 
+def _masked(rec: dict) -> dict:
+    """A span record whose ``command`` tag (a command line) has secret-looking values masked."""
+    tags = rec.get("tags")
+    if isinstance(tags, dict) and isinstance(tags.get("command"), str):
+        from .redact import redact
+
+        return {**rec, "tags": {**tags, "command": redact(tags["command"])}}
+    return rec
+
+
 class _AppendFile:
     """One ``O_APPEND`` file with unwritten bytes kept while the disk refuses them."""
 
@@ -161,6 +184,12 @@ class RunWriter:
         self._logged: set = set()  # one warning per cause
         self._retry_at = 0.0
         self._info: dict | None = None
+        # Values of secret-named environment variables (HF_TOKEN, ...): never written to disk,
+        # in whatever JSON form they would take there.
+        from .redact import env_secrets
+
+        self._secrets = env_secrets()
+        self._secret_forms = sorted({f for v in self._secrets for f in (v, json.dumps(v)[1:-1])}, key=len, reverse=True)
         self._open_files()
 
     def _open_files(self) -> None:
@@ -172,12 +201,19 @@ class RunWriter:
 
     # -- records -------------------------------------------------------------------------------
     def write_run(self, info: dict) -> None:
+        from .redact import mask_argv, redact_known
+
         self._info = {"schema_version": SCHEMA_VERSION, "type": "run", **info}
-        self._guard(lambda: atomic_write_json(os.path.join(self.run_dir, "run.json"), self._info))
+        if isinstance(self._info.get("argv"), (list, tuple)):  # `--token X` -> `--token ***`
+            self._info["argv"] = mask_argv(self._info["argv"], self._secrets)
+        safe = redact_known(self._info, self._secrets)
+        self._guard(lambda: atomic_write_json(os.path.join(self.run_dir, "run.json"), safe))
 
     def append_spans(self, records: list[dict]) -> None:
         if records:
-            body = "".join(dumps({"schema_version": SCHEMA_VERSION, "type": "span", **r}) + "\n" for r in records)
+            body = "".join(dumps({"schema_version": SCHEMA_VERSION, "type": "span", **_masked(r)}) + "\n" for r in records)
+            for form in self._secret_forms:
+                body = body.replace(form, "***")
             self._spans.append(body.encode("utf-8", "surrogatepass"))
 
     def append_sample(self, snap) -> None:
@@ -187,8 +223,10 @@ class RunWriter:
         self._samples.append((",".join(parts) + "\n").encode())
 
     def heartbeat(self, open_spans: list[dict], snap) -> None:
+        from .redact import redact_known
+
         rec = {"schema_version": SCHEMA_VERSION, "type": "heartbeat", "t_wall": snap.wall,
-               "updated_utc": utc_iso(snap.wall), "open": open_spans}
+               "updated_utc": utc_iso(snap.wall), "open": redact_known([_masked(o) for o in open_spans], self._secrets)}
         self._guard(lambda: atomic_write_json(os.path.join(self.run_dir, "heartbeat.json"), rec))
 
     def write_pending(self, force: bool = False) -> None:

@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from ..errors import CarbonError
+from ..redact import env_secrets, redact
 from ..units import S_PER_HOUR
 
 log = logging.getLogger("meter")
@@ -54,6 +55,16 @@ class Client:
         self.sleep = sleep
 
     def get_json(self, url: str, *, params: dict | None = None, headers: dict | None = None, what: str) -> Any:
+        """The JSON answer. Every CarbonError message is redacted: the request's header values
+        (the token), secret-named environment variables and secret-looking text never appear,
+        even when the server echoes them back."""
+        secrets = [str(v) for v in (headers or {}).values()] + list(env_secrets())
+        try:
+            return self._get_json(url, params=params, headers=headers, what=what, secrets=secrets)
+        except CarbonError as exc:
+            raise CarbonError(redact(str(exc), secrets)) from None
+
+    def _get_json(self, url: str, *, params: dict | None, headers: dict | None, what: str, secrets: list) -> Any:
         import requests
 
         last = ""
@@ -70,7 +81,7 @@ class Client:
                         return r.json()
                     except ValueError:
                         raise CarbonError(f"{what}: malformed JSON in the response") from None
-                body = _error_text(r)
+                body = _error_text(r, secrets)
                 if r.status_code in (401, 403):
                     raise CarbonError(f"{what}: HTTP {r.status_code} {body}: the token was refused; check {TOKEN_ENV}")
                 if r.status_code != 429 and r.status_code < 500:
@@ -97,16 +108,17 @@ def _cause(exc: BaseException) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-def _error_text(r: Any) -> str:
+def _error_text(r: Any, secrets: list | tuple = ()) -> str:
+    """The server's error message, redacted before it is cut (a cut must not leave half a token)."""
     try:
         data = r.json()
     except ValueError:
-        return (r.text or "")[:120].strip()
+        return redact(r.text or "", secrets)[:120].strip()
     if isinstance(data, dict):
         err = data.get("error")
         if isinstance(err, dict):
-            return str(err.get("message") or err)[:200]
-        return str(err or data.get("message") or "")[:200]
+            return redact(str(err.get("message") or err), secrets)[:200]
+        return redact(str(err or data.get("message") or ""), secrets)[:200]
     return ""
 
 
@@ -125,6 +137,20 @@ def _epoch(text: str) -> float:
 # -- cache -------------------------------------------------------------------------------------
 
 
+def cache_key(text: str) -> str:
+    """One safe path component for a provider or zone: ``DE``, ``GB-13`` stay as they are;
+    anything else (``..``, ``a/b``, ``../../etc``) is made safe and given a short hash of the
+    original, so two zones never share a cache directory."""
+    import hashlib
+
+    from ..runlog import safe_component
+
+    safe = safe_component(text, "zone")
+    if safe != text:
+        safe = f"{safe[:40]}-{hashlib.sha256(str(text).encode('utf-8', 'surrogatepass')).hexdigest()[:12]}"
+    return safe
+
+
 class Cache:
     """Points per (provider, zone, UTC hour) on disk. Only hours fully in the past are stored."""
 
@@ -133,7 +159,11 @@ class Cache:
 
     def _path(self, provider: str, zone: str, hour: int) -> str:
         stamp = datetime.fromtimestamp(hour * S_PER_HOUR, tz=timezone.utc).strftime("%Y%m%dT%H")
-        return os.path.join(self.root, provider, zone.replace("/", "_"), f"{stamp}.json")
+        path = os.path.join(self.root, cache_key(provider), cache_key(zone), f"{stamp}.json")
+        root = os.path.realpath(self.root)
+        if os.path.commonpath([root, os.path.realpath(path)]) != root:  # a symlink planted in the cache
+            raise OSError(f"carbon cache path {path} leads outside {self.root}")
+        return path
 
     def get(self, provider: str, zone: str, start: float, end: float) -> list | None:
         if not self.root:
@@ -157,8 +187,8 @@ class Cache:
         for hour, pts in by_hour.items():
             if (hour + 1) * S_PER_HOUR > now:
                 continue
-            path = self._path(provider, zone, hour)
             try:
+                path = self._path(provider, zone, hour)
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 tmp = f"{path}.tmp-{os.getpid()}"
                 with open(tmp, "w", encoding="utf-8") as f:
@@ -177,10 +207,16 @@ def _em_points(items: list, what: str) -> list:
     for it in items:
         if not isinstance(it, dict) or it.get("carbonIntensity") is None or "datetime" not in it:
             raise CarbonError(f"{what}: a point lacks carbonIntensity or datetime")
-        t0 = _epoch(it["datetime"])
+        try:
+            t0 = _epoch(str(it["datetime"]))
+            g = float(it["carbonIntensity"])
+        except (TypeError, ValueError, OverflowError):
+            raise CarbonError(f"{what}: a point has a malformed datetime or carbonIntensity") from None
+        if not (0.0 <= g < 1e5):
+            raise CarbonError(f"{what}: carbonIntensity {g!r} is not a plausible gCO2eq/kWh")
         gran = it.get("temporalGranularity") or "hourly"
         step = {"5_minutes": 300, "15_minutes": 900, "hourly": S_PER_HOUR}.get(gran, S_PER_HOUR)
-        pts.append([t0, t0 + step, float(it["carbonIntensity"]), not it.get("isEstimated", False)])
+        pts.append([t0, t0 + step, g, not it.get("isEstimated", False)])
     return pts
 
 
@@ -272,10 +308,13 @@ def live_points(provider: str, zone: str, start: float, end: float, *, token: st
                 "uk": {"provider": "UK National Grid ESO Carbon Intensity API (CC BY 4.0)", "factor": "operational", "kind": "average"}}[provider]
         return cached, {**meta, "note": "from meter's carbon cache"}
     client = client or Client(session)
-    if provider == "electricitymaps":
-        pts, meta = electricitymaps(zone, start, end, token=token, base_url=base_url, client=client, now=now)
-    else:
-        pts, meta = uk(zone, start, end, base_url=base_url, client=client, now=now)
+    try:
+        if provider == "electricitymaps":
+            pts, meta = electricitymaps(zone, start, end, token=token, base_url=base_url, client=client, now=now)
+        else:
+            pts, meta = uk(zone, start, end, base_url=base_url, client=client, now=now)
+    except CarbonError as exc:  # a malformed point may echo the token too
+        raise CarbonError(redact(str(exc), [token, os.environ.get(TOKEN_ENV), *env_secrets()])) from None
     cache.put(provider, zone, pts, now)
     return pts, meta
 
@@ -311,9 +350,10 @@ def with_fallback(provider: str, zone: str, start: float, end: float, offline_in
     try:
         return live_intensity(provider, zone, start, end, **kw)
     except CarbonError as exc:
+        why = redact(str(exc), [kw.get("token"), *env_secrets()])
         log.warning("meter: live carbon intensity from %s failed (%s); using the offline figure for %s",
-                    provider, exc, offline_intensity.zone)
-        note = f"live {provider} failed: {exc}; offline figure used"
+                    provider, why, offline_intensity.zone)
+        note = f"live {provider} failed: {why}; offline figure used"
         return replace(offline_intensity, method="fallback", note="; ".join(x for x in (offline_intensity.note, note) if x))
 
 

@@ -176,6 +176,9 @@ class IntensitySource:
             self._wake.clear()
 
     def _failed(self, why: str) -> None:
+        from ..redact import env_secrets, redact
+
+        why = redact(why, [self._kw.get("token"), *env_secrets()])  # run.json, notes and the log
         with self._lock:
             self._error = why
         if not self._warned:
