@@ -242,15 +242,20 @@ def _cmd_report(args) -> int:
     except OSError as exc:
         raise ConfigError(f"cannot read the runs: {exc}; give run directories or the output directory holding them") from exc
     if args.output:
-        mode = "wb" if isinstance(text, bytes) else "w"
+        data = text if isinstance(text, bytes) else text.encode("utf-8")  # names in any script, any locale
         try:
-            with open(args.output, mode) as f:
-                f.write(text)
+            with open(args.output, "wb") as f:
+                f.write(data)
         except OSError as exc:
             raise ConfigError(f"cannot write {args.output}: {exc.strerror}; choose a writable path with -o") from exc
         print(f"meter: wrote {args.output}", file=sys.stderr)
     else:
-        sys.stdout.write(text if isinstance(text, str) else text.decode())
+        text = text if isinstance(text, str) else text.decode()
+        try:
+            sys.stdout.write(text)
+        except UnicodeEncodeError:  # a terminal or pipe in an ASCII locale: UTF-8 bytes all the same
+            sys.stdout.flush()
+            sys.stdout.buffer.write(text.encode("utf-8"))
     return 0
 
 

@@ -107,10 +107,11 @@ SPAN: dict[str, Check] = {
     "name": is_str, "path": is_str,
     "span_id": lambda v: is_int(v) and v >= 0,
     "parent_id": opt(lambda v: is_int(v) and v >= 0),
-    "depth": opt(lambda v: is_int(v) and 0 <= v < 10_000),
+    # Required: every record meter writes has them, and a table of spans needs them.
+    "depth": lambda v: is_int(v) and 0 <= v < 10_000,
     "run_id": opt(is_str),
-    "start_utc": opt(is_time), "end_utc": opt(is_time),
-    "duration_s": opt(is_nonneg),
+    "start_utc": is_time, "end_utc": is_time,
+    "duration_s": is_nonneg,
     "energy_j": opt(is_num), "measured_energy_j": opt(is_num), "estimated_energy_j": opt(is_num),
     "avg_power_w": opt(is_num), "peak_power_w": opt(is_num),
     "energy_by_component": opt(dict_of(_COMPONENT)),
@@ -121,14 +122,14 @@ SPAN: dict[str, Check] = {
     "interval_s": opt(is_nonneg),
     "warnings": opt(list_of(is_str)),
     "thread": opt(is_str),
-    "status": opt(lambda v: v in STATUSES),
+    "status": lambda v: v in STATUSES,
 }
 
 HEARTBEAT_ENTRY: dict[str, Check] = {
     "span_id": lambda v: is_int(v) and v >= 0,
     "name": is_str, "path": is_str,
     "parent_id": opt(lambda v: is_int(v) and v >= 0),
-    "depth": opt(lambda v: is_int(v) and 0 <= v < 10_000),
+    "depth": lambda v: is_int(v) and 0 <= v < 10_000,
     "thread": opt(is_str),
     "start_utc": is_time,
     "start_t": is_num,
@@ -201,6 +202,8 @@ def clean_run_info(info: dict, where: str, problems: list[str]) -> dict:
         if not ok:
             problems.append(f"{where}: field {k!r} is {_what(info.get(k))}; ignored")
             out[k] = default
+        elif info.get(k) is None and default is not None:
+            out[k] = default  # null reads as absent
     cfg = out.get("config") or {}
     if "pue" in cfg and cfg.get("pue") is None:
         problems.append(f"{where}: config.pue is null (not a finite number when the run was written); PUE 1.0 used")

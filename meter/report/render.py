@@ -262,7 +262,7 @@ def extra_sections(run: dict) -> list[str]:
         for b in run.get("budgets", []):
             limit = " and ".join(x for x in (f"{fmt(b['budget_kwh'])} kWh" if b["budget_kwh"] else "",
                                              f"{fmt(b['budget_g'])} gCO2eq" if b["budget_g"] else "") if x)
-            out.append(f"- Budget of {md_code(b['path'])}: {limit} (on\\_budget={md(b['action'])}): {md(b['outcome'])}; used "
+            out.append(f"- Budget of {md_code(b['path'])}: {limit} (on_budget={md(b['action'])}): {md(b['outcome'])}; used "
                        f"{fmt(b['energy_kwh'])} kWh, {fmt(b['emissions_g'])} gCO2eq.")
         if run.get("forecasts"):
             if run.get("budgets"):

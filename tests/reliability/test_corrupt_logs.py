@@ -104,3 +104,35 @@ def test_copies_of_a_run_keep_their_own_spans(pristine_run, tmp_path):
     card = json.loads(cards.render_paths([a, b], fmt="json", live=False))
     assert [len(r["stages"]) for r in card["runs"]] == [4, 4]
     assert sum("its own ancestor" in p for p in card["problems"]) == 1
+
+
+@pytest.mark.parametrize("args,why", [
+    (["{tmp}/nothing-here"], "does not exist"),
+    (["{tmp}/empty"], "no meter runs"),
+    (["{run}", "-o", "{tmp}/no/such/dir/card.md"], "cannot write"),
+])
+def test_meter_report_exits_2_with_one_line(args, why, pristine_run, tmp_path):
+    (tmp_path / "empty").mkdir()
+    argv = [a.format(tmp=tmp_path, run=pristine_run) for a in args]
+    exe = os.path.join(os.path.dirname(sys.executable), "meter")
+    p = subprocess.run([exe, "report", *argv, "--offline"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    lines = [ln for ln in p.stderr.splitlines() if ln.startswith("meter: ")]
+    assert len(lines) == 1 and why in lines[0], p.stderr
+
+
+def test_meter_report_in_an_ascii_locale_writes_any_name(tmp_path):
+    from meter.testing import FakeSensor
+
+    m = meter.Meter(sensors=[FakeSensor.counter()], output_dir=str(tmp_path / "runs"), region="FR")
+    with m.track("\u8bad\u7ec3 \U0001f600 lone \ud800"):
+        pass
+    m.close()
+    exe = os.path.join(os.path.dirname(sys.executable), "meter")
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONIOENCODING": "ascii", "PYTHONUTF8": "0"}
+    p = subprocess.run([exe, "report", m.run_dir, "--offline"], capture_output=True, env=env, timeout=120)
+    assert p.returncode == 0, p.stderr.decode()
+    assert "\u8bad\u7ec3 \U0001f600 lone \ufffd".encode() in p.stdout
+    p = subprocess.run([exe, "report", m.run_dir, "--offline", "-o", str(tmp_path / "c.md")], capture_output=True,
+                       env=env, timeout=120)
+    assert p.returncode == 0 and "\u8bad\u7ec3" in (tmp_path / "c.md").read_text(encoding="utf-8")
