@@ -235,6 +235,8 @@ VARIANTS = [
     Variant("run-faults-dict", run_set("faults", {"gpu": "bad"}), ALL, "'faults'"),
     Variant("run-unavailable-strings", run_set("unavailable", ["nvml"]), ALL, "'unavailable'"),
     Variant("run-distributed-string", run_set("distributed", "yes"), ALL, "'distributed'"),
+    Variant("run-world-size-string", run_set("distributed", {"rank": 0, "world_size": "2", "job_id": "j"}), ALL, "'distributed'"),
+    Variant("run-job-id-number", run_set("distributed", {"rank": 0, "world_size": 2, "job_id": 7}), ALL, "'distributed'"),
     Variant("run-interval-negative", run_set("interval_s", -1), ALL, "'interval_s'"),
     Variant("run-schema-string", run_set("schema_version", "1"), ALL, RUNJSON),
     Variant("run-schema-newer", run_set("schema_version", 99), ALL, "newer than this meter reads"),
