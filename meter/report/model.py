@@ -105,14 +105,18 @@ def _child_counts(sid: int, count: str, kind: str, rows_by_parent: dict, kinds: 
     """Sum of a count over the nearest sub-stages of the same kind that have it (a parent that
     counted nothing itself, e.g. ``finetune`` over its epochs); None when none has it."""
     total, found = 0.0, False
-    for c in rows_by_parent.get(sid, []):
-        if kinds[c["span_id"]] != kind:
-            continue
-        v = _num(c.get(count))
-        if v is None:
-            v = _child_counts(c["span_id"], count, kind, rows_by_parent, kinds)
-        if v is not None:
-            total, found = total + v, True
+    stack, seen = [sid], {sid}
+    while stack:  # without recursion: stages nest thousands deep in recursive code
+        for c in rows_by_parent.get(stack.pop(), []):
+            if kinds[c["span_id"]] != kind:
+                continue
+            v = _num(c.get(count))
+            if v is None:
+                if c["span_id"] not in seen:
+                    seen.add(c["span_id"])
+                    stack.append(c["span_id"])
+            else:
+                total, found = total + v, True
     return total if found else None
 
 
@@ -149,15 +153,25 @@ def _run(info: dict, rows: list[dict]) -> dict[str, Any]:
     by_id = {r["span_id"]: r for r in rows}
 
     def kind_of(r):
-        if r["span_id"] in kinds:
-            return kinds[r["span_id"]]
-        # NaN where another span of the run has the tag and this one has not
-        tags = {k[4:]: v for k, v in r.items() if k.startswith("tag_") and not (isinstance(v, float) and math.isnan(v))}
-        k = stage_kind(str(r["name"]), tags)
-        pid = _num(r.get("parent_id"))
-        if k == "other" and pid is not None and int(pid) in by_id:
-            k = kind_of(by_id[int(pid)])  # "steps-0-99" inside a training epoch is training
-        kinds[r["span_id"]] = k
+        # Up the parent chain without recursion (stages nest thousands deep in recursive code).
+        chain: list = []
+        while True:
+            sid = r["span_id"]
+            if sid in kinds:
+                k = kinds[sid]
+                break
+            # NaN where another span of the run has the tag and this one has not
+            tags = {k[4:]: v for k, v in r.items() if k.startswith("tag_") and not (isinstance(v, float) and math.isnan(v))}
+            k = stage_kind(str(r["name"]), tags)
+            pid = _num(r.get("parent_id"))
+            if k == "other" and pid is not None and int(pid) in by_id and int(pid) not in chain and int(pid) != sid:
+                chain.append(sid)  # "steps-0-99" inside a training epoch is training
+                r = by_id[int(pid)]
+                continue
+            kinds[sid] = k
+            break
+        for sid in chain:
+            kinds[sid] = k
         return k
 
     for r in rows:

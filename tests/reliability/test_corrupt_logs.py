@@ -136,3 +136,27 @@ def test_meter_report_in_an_ascii_locale_writes_any_name(tmp_path):
     p = subprocess.run([exe, "report", m.run_dir, "--offline", "-o", str(tmp_path / "c.md")], capture_output=True,
                        env=env, timeout=120)
     assert p.returncode == 0 and "\u8bad\u7ec3" in (tmp_path / "c.md").read_text(encoding="utf-8")
+
+
+def test_stages_nested_thousands_deep_render(tmp_path):
+    """Recursive code measured with meter.track nests as deep as it recurses: 2,000 levels,
+    every format (before: RecursionError in the card model, `meter report` failed)."""
+    from meter.testing import FakeSensor
+
+    s = FakeSensor.counter()
+    m = meter.Meter(sensors=[s], output_dir=str(tmp_path), region="FR")
+    tracks = []
+    for i in range(2000):
+        t = m.track(f"step-{i}" if i else "train", samples=1 if i == 1999 else None)
+        t.__enter__()
+        tracks.append(t)
+        s.values["gpu:0"] += 1.0
+    for t in reversed(tracks):
+        t.__exit__(None, None, None)
+    m.close()
+    card = json.loads(cards.render_paths(m.run_dir, fmt="json", live=False))
+    stages = card["runs"][0]["stages"]
+    assert len(stages) == 2000 and {st["kind"] for st in stages} == {"train"}
+    assert stages[0]["samples"] == 1 and stages[0]["counts_from_children"] == ["samples"]
+    for fmt in ("md", "latex", "climate", "hf", "html"):
+        assert cli.main(["report", m.run_dir, "--offline", "--format", fmt, "-o", str(tmp_path / f"c.{fmt}")]) == 0
