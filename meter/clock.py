@@ -7,10 +7,24 @@ from datetime import datetime
 
 
 class SystemClock:
-    """The real clock. ``monotonic()`` for durations, ``wall()`` (UTC epoch seconds) for records."""
+    """The real clock. ``monotonic()`` for durations; ``wall()`` (UTC epoch seconds) for records,
+    read from the monotonic clock anchored to the system clock when this clock was made. So the
+    times of one run never go backwards and never jump when the system clock is stepped (NTP, a
+    manual change, a VM restored): durations are monotonic and end times never precede start
+    times. :meth:`drift_s` says how far the system clock has moved from the anchor since."""
 
     monotonic = staticmethod(time.perf_counter)
-    wall = staticmethod(time.time)
+
+    def __init__(self) -> None:
+        self._t0 = time.perf_counter()
+        self._w0 = time.time()
+
+    def wall(self) -> float:
+        return self._w0 + (time.perf_counter() - self._t0)
+
+    def drift_s(self) -> float:
+        """System clock minus this clock's wall time, in seconds (0 until the system clock is set)."""
+        return time.time() - self.wall()
 
 
 def utc_iso(epoch_s: float) -> str:

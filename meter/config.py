@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -97,10 +98,65 @@ def read_pyproject(path: str | None) -> dict[str, Any]:
 
 
 def _float(name: str, value: Any, where: str) -> float:
+    # Text is how environment variables and TOML strings arrive; an argument must be a number.
+    if isinstance(value, bool) or (where == "argument" and isinstance(value, (str, bytes))):
+        raise ConfigError(f"{name}={value!r} from {where} is not a number; give one, e.g. {name}={DEFAULTS.get(name) or 1.0!r}")
     try:
         return float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"{name}={value!r} from {where} is not a number") from None
+
+
+#: Live providers and the zones they take after the colon (``uk:GB-13``, ``electricitymaps:DE``).
+CARBON_PROVIDERS = ("offline", "electricitymaps", "uk")
+_EM_ZONE = re.compile(r"^[A-Z]{2,3}(-[A-Z0-9]{1,12}){0,3}$")
+_UK_ZONE = re.compile(r"^(GB|UK)(-([1-9]|1[0-7]))?$")
+CARBON_HELP = "use 'offline' (default), 'electricitymaps[:ZONE]' (e.g. electricitymaps:DE) or 'uk[:GB or GB-<regionid 1..17>]'"
+
+
+def check_carbon(value: Any, where: str) -> str:
+    """``provider[:ZONE]`` with the provider known and the zone well formed for it, normalised
+    (provider lower case, zone upper case). Raises ConfigError with the accepted forms."""
+    if not isinstance(value, str):
+        raise ConfigError(f"carbon={value!r} from {where}: {CARBON_HELP}")
+    provider, colon, zone = value.strip().partition(":")
+    provider, zone = provider.strip().lower(), zone.strip().upper()
+    if provider not in CARBON_PROVIDERS:
+        raise ConfigError(f"carbon={value!r} from {where}: unknown provider {provider!r}; {CARBON_HELP}")
+    if provider == "offline":
+        if colon:
+            raise ConfigError(f"carbon={value!r} from {where}: the offline tables take their zone from region=; "
+                              f"use carbon='offline' and region={zone or 'FR'!r}")
+        return "offline"
+    if colon and not zone:
+        raise ConfigError(f"carbon={value!r} from {where}: nothing after ':'; give a zone or drop the colon "
+                          f"(the zone then comes from region=)")
+    if zone and provider == "uk" and not _UK_ZONE.match(zone):
+        raise ConfigError(f"carbon={value!r} from {where}: the UK Carbon Intensity API covers GB (national) and "
+                          "GB-1..GB-17 (its region ids); see https://carbon-intensity.github.io/api-definitions/")
+    if zone and provider == "electricitymaps" and not _EM_ZONE.match(zone):
+        raise ConfigError(f"carbon={value!r} from {where}: {zone!r} is not an Electricity Maps zone key "
+                          "(two or three letters, then '-' parts: DE, US-CAL-CISO, AUS-NSW)")
+    return f"{provider}:{zone}" if zone else provider
+
+
+def live_zone_ok(provider: str, zone: str) -> bool:
+    """Whether ``zone`` (from region= when carbon= names none) is one ``provider`` can answer for."""
+    if provider == "uk":
+        return bool(_UK_ZONE.match(zone.upper()))
+    return bool(_EM_ZONE.match(zone.upper()))
+
+
+def _path(name: str, value: Any, where: str) -> str:
+    try:
+        p = os.fspath(value)
+    except TypeError:
+        raise ConfigError(f"{name}={value!r} from {where}: give a directory path (str or os.PathLike)") from None
+    if isinstance(p, bytes):
+        p = os.fsdecode(p)
+    if not p or "\x00" in p:
+        raise ConfigError(f"{name}={value!r} from {where}: give a non-empty directory path")
+    return p
 
 
 def validate_gpus(value: Any, where: str) -> Any:
@@ -118,7 +174,10 @@ def validate_gpus(value: Any, where: str) -> Any:
             raise ConfigError(f"gpus={value!r} from {where}: GPU indices start at 0")
         return (str(value),)
     try:
-        items = tuple(str(v).strip() for v in value)
+        raw = tuple(value)
+        if not all(isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool)) for v in raw):
+            raise TypeError
+        items = tuple(str(v).strip() for v in raw)
     except TypeError:
         raise ConfigError(
             f"gpus={value!r} from {where}: use 'visible', 'all', 'none', an index, a UUID, or a list of them"
@@ -168,23 +227,21 @@ def resolve(args: Mapping[str, Any], environ: Mapping[str, str] | None = None, p
                               "hardware thread in watts (a server CPU's TDP / its threads, typically 2-10 W)")
     region = values["region"]
     if region is not None:
-        region = str(region).strip()
+        if not isinstance(region, str):
+            raise ConfigError(f"region={region!r} from {sources['region']}: give a zone code as text, e.g. 'FR', "
+                              "'US-CA' or 'aws:eu-west-3' (list them with `meter regions`)")
+        region = region.strip()
         if not region:
             region = None
-    carbon = str(values["carbon"]).strip()
-    provider = carbon.split(":", 1)[0].lower()
-    if provider not in ("offline", "electricitymaps", "uk"):
-        raise ConfigError(
-            f"carbon={carbon!r} from {sources['carbon']}: use 'offline' (default), 'electricitymaps[:ZONE]' or 'uk[:GB or GB-<regionid>]'"
-        )
+    carbon = check_carbon(values["carbon"], sources["carbon"])
     return Config(
         carbon=carbon,
         region=region,
         pue=pue,
         interval_s=interval,
-        output_dir=str(values["output_dir"]),
+        output_dir=_path("output_dir", values["output_dir"], sources["output_dir"]),
         gpus=validate_gpus(values["gpus"], sources["gpus"]),
-        rapl_root=str(values["rapl_root"]),
+        rapl_root=_path("rapl_root", values["rapl_root"], sources["rapl_root"]),
         cpu_power_w=cpu_power,
         sources=sources,
     )

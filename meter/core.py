@@ -58,8 +58,8 @@ class Meter:
         self.config = config_mod.resolve(
             {"region": region, "pue": pue, "interval_s": interval_s, "output_dir": output_dir, "gpus": gpus,
              "rapl_root": rapl_root, "carbon": carbon, "cpu_power_w": cpu_power_w}, environ, pyproject)
-        if cpu_tdp_w is not None and not (isinstance(cpu_tdp_w, (int, float)) and 0 < cpu_tdp_w < 1e5):
-            raise ConfigError(f"cpu_tdp_w={cpu_tdp_w!r}: give the CPU's TDP in watts, > 0")
+        _check_args(cpu_tdp_w=cpu_tdp_w, pid=pid, run_name=run_name, write=write, sync_cuda=sync_cuda,
+                    distributed=distributed)
         self._environ = os.environ if environ is None else environ
         self.clock = clock or SystemClock()
         self._write = write
@@ -85,6 +85,7 @@ class Meter:
             from . import carbon
 
             carbon.check_region(self.config.region)
+        _check_live_zone(self.config)
         _process.register(self)
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -130,6 +131,7 @@ class Meter:
         """Stop the sampler, record spans still open as incomplete, write every pending record
         and the final run.json, close the sensors. Idempotent; never raises for the disk or a
         sensor; waits at most about ``timeout_s`` for a hung sensor call."""
+        timeout_s = check_timeout("timeout_s", timeout_s)
         with self._lock:
             if self._state in ("closed", "forked"):
                 self._state = "closed" if self._state == "closed" else self._state
@@ -137,6 +139,7 @@ class Meter:
             session, self._state = self._session, "closed"
         if session is not None:
             extra = {"carbon": self._carbon.describe()} if self._carbon is not None else {}
+            extra.update(_clock_drift(self.clock))
             try:
                 session.close(timeout_s, extra)
             except Exception:  # noqa: BLE001 - close() must never raise into user code
@@ -148,6 +151,7 @@ class Meter:
         """Ask the sampler thread to write every closed span and a sample row now, and wait for
         it (at most ``timeout_s``). True when done; False before the first span, after close,
         in a forked child, or on timeout."""
+        timeout_s = check_timeout("timeout_s", timeout_s)
         s = self._session
         if s is None or self._state != "running":
             return False
@@ -212,13 +216,40 @@ class Meter:
 
     def _exit_span(self, span: Span) -> None:
         if span.inert:
+            if span._pending:
+                span._read_pending()
             if span._end is None:
                 span._end = (self.clock.monotonic(), self.clock.wall())
                 span._notes = (self._inert_note(),)
             return
         if self._sync_cuda:
             _sync_cuda()
+        if span._pending:
+            span._read_pending()
+        if span._open_children > 0 and span._end is None:
+            self._close_children(span)
         self._session.exit(span)
+
+    def _close_children(self, span: Span) -> None:
+        """A span exits while spans opened inside it are still open (exits out of order): those
+        close first, now, as incomplete, so that no child outlasts its parent and the parent's
+        energy is never below a child's. Their own exits later change nothing. Warned once."""
+        from .spans import open_descendants, release_parent
+
+        children = open_descendants(span, self._session.recorder.open_spans())
+        for child in children:
+            if child._pending:
+                child._read_pending()
+            child._status = "incomplete"
+            child._notes = child._notes + (f"incomplete: closed when its parent {span.path!r} exited first "
+                                           "(spans exited out of order)",)
+            self._session.exit(child)
+            release_parent(child)
+        if children and not getattr(self, "_warned_order", False):
+            self._warned_order = True
+            log.warning("meter: span %r exited while %s inside it were open; they were closed with it as incomplete "
+                        "(exit spans in the reverse order of entry, e.g. with nested with-blocks)",
+                        span.path, ", ".join(repr(c.path) for c in children[:3]) + (" ..." if len(children) > 3 else ""))
 
     def _inert_note(self) -> str:
         if self._state == "forked":
@@ -252,6 +283,77 @@ class Meter:
         now = self.clock.wall()
         return self._carbon_source().for_window(now - S_PER_HOUR if start_s is None else start_s,
                                                 now if end_s is None else end_s)
+
+
+def check_timeout(name: str, value: Any) -> float:
+    """A wait in seconds: a finite or infinite number >= 0 (infinite waits as long as the
+    platform allows). Raises ConfigError naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name}={value!r}: give a number of seconds >= 0, e.g. {name}=10")
+    if not value >= 0:  # NaN too
+        raise ConfigError(f"{name}={value!r}: give a number of seconds >= 0, e.g. {name}=10")
+    return min(float(value), threading.TIMEOUT_MAX)
+
+
+def _check_args(*, cpu_tdp_w, pid, run_name, write, sync_cuda, distributed) -> None:
+    """Meter() arguments that are not configuration sources (config.resolve checks those)."""
+    for name, v in (("write", write), ("sync_cuda", sync_cuda), ("distributed", distributed)):
+        if not isinstance(v, bool):
+            raise ConfigError(f"{name}={v!r}: give True or False")
+    if cpu_tdp_w is not None and (isinstance(cpu_tdp_w, bool) or not isinstance(cpu_tdp_w, (int, float))
+                                  or not 0 < cpu_tdp_w < 1e5):
+        raise ConfigError(f"cpu_tdp_w={cpu_tdp_w!r}: give the CPU package's TDP in watts, a number > 0 (e.g. 125)")
+    if pid is not None and pid != "children" and (isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0):
+        raise ConfigError(f"pid={pid!r}: give a process id (an int > 0) whose tree the CPU estimate covers, "
+                          "or 'children' for this process's children")
+    if isinstance(pid, int) and not isinstance(pid, bool):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            raise ConfigError(f"pid={pid}: no such process; give the id of a running process") from None
+        except (PermissionError, OSError):
+            pass  # it exists (owned by another user); the estimate reports what it can read
+    if run_name is not None and not isinstance(run_name, str):
+        raise ConfigError(f"run_name={run_name!r}: give a string (it names the run directory, made safe)")
+
+
+def _check_live_zone(config) -> None:
+    """A live provider must have a zone it answers for: from ``carbon='provider:ZONE'`` or from
+    ``region=`` (``auto`` is located at start). Refused now rather than failing at the first fetch."""
+    provider, _, zone = config.carbon.partition(":")
+    if provider == "offline" or zone:
+        return
+    region = config.region
+    if region is None:
+        raise ConfigError(f"carbon={config.carbon!r} needs a zone: set region= (e.g. region='DE') or "
+                          f"carbon='{provider}:ZONE'")
+    if region.lower() == "auto":
+        return
+    from . import carbon
+
+    zone = carbon.resolve(region).zone
+    if not config_mod.live_zone_ok(provider, zone):
+        what = "Great Britain (GB, GB-1..GB-17)" if provider == "uk" else "Electricity Maps zone keys"
+        raise ConfigError(f"carbon={config.carbon!r} with region={region!r} (zone {zone}): the provider covers {what} "
+                          f"only; use carbon='offline' for this region, or name the zone: carbon='{provider}:ZONE'")
+
+
+#: A system clock step larger than this during a run is recorded in run.json (NTP slews less).
+CLOCK_STEP_NOTE_S = 1.0
+
+
+def _clock_drift(clock) -> dict:
+    """run.json's ``clock`` entry when the system clock was stepped during the run."""
+    try:
+        drift = float(clock.drift_s()) if hasattr(clock, "drift_s") else 0.0
+    except Exception:  # noqa: BLE001 - a custom clock's trouble is no reason to lose the run
+        return {}
+    if abs(drift) <= CLOCK_STEP_NOTE_S:
+        return {}
+    log.warning("meter: the system clock moved by %+.1f s during the run; the run's times follow the monotonic "
+                "clock from its start (durations are unaffected)", drift)
+    return {"clock": {"system_clock_moved_s": round(drift, 3),
+                      "note": "times are the start's UTC plus monotonic time; the system clock was set during the run"}}
 
 
 def _describe_rank(info, environ=None) -> dict | None:

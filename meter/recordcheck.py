@@ -184,6 +184,7 @@ RUN_FIELDS: dict[str, tuple[Check, Any]] = {
     "faults": (opt(list_of(dict_of(_json_scalar_or_container))), []),
     "interval_s": (opt(is_nonneg), None),
     "host": (opt(_HOST), {}),
+    "clock": (opt(obj({"system_clock_moved_s": opt(is_num), "note": opt(is_str)})), None),
     "distributed": (opt(obj({"rank": opt(lambda v: is_int(v) and v >= 0), "local_rank": opt(lambda v: is_int(v) and v >= 0),
                              "world_size": opt(lambda v: is_int(v) and v >= 1), "node": opt(is_str), "host": opt(is_str),
                              "job_id": opt(is_str), "launch_id": opt(is_str)})), None),

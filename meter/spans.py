@@ -13,6 +13,7 @@ import functools
 import inspect
 import itertools
 import logging
+import math
 import threading
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
@@ -64,9 +65,46 @@ def current_span() -> "Span | None":
     return span
 
 
+def _device_tensor(v: Any) -> bool:
+    """A one-element tensor on an accelerator (``mask.sum()`` on CUDA): reading it now would
+    wait for the GPU, so :meth:`Span.add` keeps it and reads it at the span's exit, after the
+    exit's own synchronisation."""
+    t = getattr(getattr(v, "device", None), "type", None)
+    return isinstance(t, str) and t not in ("cpu", "meta") and callable(getattr(v, "numel", None))
+
+
+def count_value(k: str, v: Any) -> int | float:
+    """One count as a Python number: ints stay exact; number-likes (0-d tensors, numpy
+    scalars: anything with ``__index__`` or ``__float__``) are converted. Raises ConfigError
+    naming the count for text, booleans, sequences, negatives, NaN, infinity and numbers too
+    large to be a float."""
+    if isinstance(v, bool) or isinstance(v, (str, bytes)):
+        raise ConfigError(f"{k}={v!r}: counts must be non-negative numbers (an int, a float, a 0-d tensor or "
+                          f"a numpy scalar), not {type(v).__name__}")
+    if not isinstance(v, (int, float)):
+        x = None
+        for conv in ("__index__", "__float__"):
+            if hasattr(v, conv):
+                try:
+                    x = getattr(v, conv)()
+                    break
+                except (TypeError, ValueError, RuntimeError):
+                    continue
+        if x is None or isinstance(x, bool):
+            raise ConfigError(f"{k}={v!r}: counts must be non-negative numbers (an int, a float, a 0-d tensor or "
+                              "a numpy scalar); give one number, e.g. int(mask.sum())")
+        v = x
+    try:
+        ok = v >= 0 and math.isfinite(v)
+    except OverflowError:  # an int beyond the float range: no figure could use it
+        ok = False
+    if not ok:
+        raise ConfigError(f"{k}={v!r}: counts must be finite, non-negative numbers below 1.8e308")
+    return v
+
+
 def check_counts(counts: Mapping[str, Any]) -> dict[str, float]:
-    """Validate counts: known names, finite, non-negative; number-likes (0-d tensors, numpy
-    scalars: anything with ``__index__`` or ``__float__``) are converted."""
+    """Validate counts: known names, each a finite non-negative number (see :func:`count_value`)."""
     out = {}
     for k, v in counts.items():
         if k not in COUNT_NAMES:
@@ -74,18 +112,43 @@ def check_counts(counts: Mapping[str, Any]) -> dict[str, float]:
 
             raise ConfigError(f"unknown count {k!r}{suggest(k, COUNT_NAMES)} (counts are {', '.join(COUNT_NAMES)}; "
                               "put other labels in tags=)")
-        if v is None:
-            continue
-        if isinstance(v, bool):
-            raise ConfigError(f"{k}={v!r}: counts must be non-negative numbers, not booleans")
-        if not isinstance(v, (int, float)):
+        if v is not None:
+            out[k] = count_value(k, v)
+    return out
+
+
+_TAG_SCALARS = (str, int, float, type(None))
+
+
+def _tag_value(key: str, v: Any, depth: int = 0) -> Any:
+    if isinstance(v, _TAG_SCALARS):  # bool is an int
+        return v
+    if depth < 4 and isinstance(v, (list, tuple)):
+        return [_tag_value(key, x, depth + 1) for x in v]
+    if depth < 4 and isinstance(v, Mapping):
+        return {str(k): _tag_value(key, x, depth + 1) for k, x in v.items()}
+    for conv in ("__index__", "__float__"):  # numpy scalars, 0-d tensors, Decimal
+        if hasattr(v, conv) and not hasattr(v, "__len__"):
             try:
-                v = v.__index__() if hasattr(v, "__index__") else float(v)
+                return getattr(v, conv)()
             except (TypeError, ValueError, RuntimeError):
-                raise ConfigError(f"{k}={v!r}: counts must be non-negative numbers") from None
-        if not (v >= 0 and v - v == 0):
-            raise ConfigError(f"{k}={v!r}: counts must be finite, non-negative numbers")
-        out[k] = v
+                continue
+    return str(v)  # anything else is recorded as its text
+
+
+def check_tags(tags: Any) -> dict[str, Any]:
+    """Tags as a plain dict of JSON values. Keys must be non-empty strings; scalars stay as they
+    are (NaN and infinity are written as null), lists and dicts are kept, number-likes converted,
+    anything else recorded as its ``str()``."""
+    if tags is None:
+        return {}
+    if not isinstance(tags, Mapping):
+        raise ConfigError(f"tags={tags!r}: give a dict of labels, e.g. tags={{'model': 'bert-base'}}")
+    out = {}
+    for k, v in tags.items():
+        if not isinstance(k, str) or not k:
+            raise ConfigError(f"tags key {k!r}: tag names must be non-empty strings, e.g. tags={{'seq_len': 512}}")
+        out[k] = _tag_value(k, v)
     return out
 
 
@@ -105,7 +168,7 @@ class Span:
     __slots__ = (
         "meter", "name", "path", "span_id", "parent", "parent_id", "depth", "thread", "counts", "tags",
         "inert", "ctx", "_start", "_end", "_peak", "_result", "_token", "_track", "_lock", "_status",
-        "_notes", "__weakref__",
+        "_notes", "_pending", "_open_children", "_counted", "__weakref__",
     )
 
     def __init__(self, owner: SpanOwner, name: str, parent: "Span | None", counts: dict, tags: dict,
@@ -131,19 +194,42 @@ class Span:
         self._lock = threading.Lock()
         self._status = "complete"
         self._notes: tuple[str, ...] = ()
+        self._pending: list | None = None  # (count, accelerator tensor) added while open, read at exit
+        self._open_children = 0  # children of this Meter still open (exits out of order)
+        self._counted = False  # this span is counted in its parent's _open_children
 
     # -- counts and names ----------------------------------------------------------------------
     def add(self, samples: Any = None, tokens: Any = None, flops: Any = None, output_tokens: Any = None) -> None:
         """Add to this span's counts (each may be omitted). Thread-safe. ``tokens`` are input
         tokens (non-padding), ``output_tokens`` generated tokens. Counts are frozen at exit: a
         later ``add`` changes nothing and logs one warning."""
-        new = check_counts({"samples": samples, "tokens": tokens, "output_tokens": output_tokens, "flops": flops})
+        given = {"samples": samples, "tokens": tokens, "output_tokens": output_tokens, "flops": flops}
+        later = [(k, v) for k, v in given.items() if v is not None and _device_tensor(v)]
+        for k, v in later:
+            given[k] = None
+            if v.numel() != 1:
+                raise ConfigError(f"{k}: a tensor of {v.numel()} elements; give one number, e.g. {k}=mask.sum()")
+        new = check_counts(given)
         with self._lock:
             if self._end is not None:
                 log.warning("meter: span %r is closed; counts added after its exit are ignored", self.path)
                 return
             for k, v in new.items():
                 self.counts[k] = self.counts.get(k, 0) + v
+            if later:
+                self._pending = (self._pending or []) + later
+
+    def _read_pending(self) -> None:
+        """Fold accelerator tensors given to :meth:`add` into the counts (at exit, after the
+        synchronisation, or for a snapshot). A bad value is dropped with a warning on the record."""
+        with self._lock:
+            pending, self._pending = self._pending, None
+            for k, v in pending or ():
+                try:
+                    self.counts[k] = self.counts.get(k, 0) + count_value(k, v)
+                except ConfigError as exc:
+                    self._notes = self._notes + (f"count dropped: {exc}",)
+                    log.warning("meter: span %r: %s", self.path, exc)
 
     def rename(self, name: str) -> None:
         """Change an open span's name (for stages whose kind is known only later, such as a
@@ -175,6 +261,8 @@ class Span:
         Never raises, also after the Meter closed."""
         if self._end is not None:
             return self.result
+        if self._pending:
+            self._read_pending()
         return self.meter._snapshot_span(self)
 
     def _figures(self) -> Measurement:
@@ -256,6 +344,29 @@ def open_view(span: Span, end: Any, peak: Mapping[str, float]) -> Measurement:
     return replace(view, counts=counts)
 
 
+def release_parent(span: Span) -> None:
+    """``span`` is closed: it no longer counts among its parent's open children."""
+    parent = span.parent
+    if span._counted and parent is not None:
+        with parent._lock:
+            if span._counted:
+                span._counted = False
+                parent._open_children -= 1
+
+
+def open_descendants(span: Span, open_spans) -> list[Span]:
+    """The spans among ``open_spans`` below ``span`` in its tree, deepest first."""
+    out = []
+    for s in open_spans:
+        p = s.parent
+        while p is not None and p is not span:
+            p = p.parent
+        if p is span and s._end is None:
+            out.append(s)
+    out.sort(key=lambda s: -s.depth)
+    return out
+
+
 class Track:
     """What ``track(...)`` returns: a context manager and a decorator. Every use gets a fresh
     Span; uses from several threads or asyncio tasks at once each keep their own."""
@@ -266,9 +377,7 @@ class Track:
                  resolve: Callable[[], SpanOwner] | None = None):
         self._counts = check_counts(counts)
         self._name = _check_name(name)
-        if tags is not None and not isinstance(tags, Mapping):
-            raise ConfigError(f"tags={tags!r}: give a dict of labels, e.g. tags={{'model': 'bert-base'}}")
-        self._tags = dict(tags or {})
+        self._tags = check_tags(tags)
         self._owner = owner
         self._resolve = resolve
         self._open: list[Span] = []
@@ -288,6 +397,10 @@ class Track:
             parent = parent.parent
         span = Span(owner, self._name, parent, dict(self._counts), dict(self._tags), self)
         owner._enter_span(span)
+        if parent is not None:
+            with parent._lock:
+                parent._open_children += 1
+            span._counted = True
         span._token = _current.set(span)
         self._open.append(span)
         return span
@@ -311,6 +424,7 @@ class Track:
             span._status = "incomplete"
             span._notes = (f"incomplete: the stage ended with {exc_type.__name__}",)
         span.meter._exit_span(span)
+        release_parent(span)
         try:
             _current.reset(span._token)
         except ValueError:  # closed in another context; restore the nearest open ancestor

@@ -185,6 +185,8 @@ def _run(info: dict, rows: list[dict]) -> dict[str, Any]:
     start = info.get("started_utc")
     end = info.get("ended_utc") or max((s["end_utc"] for s in stages if s["end_utc"]), default=None)
     wall = parse_utc_iso(end) - parse_utc_iso(start) if start and end else None
+    if wall is not None and wall < 0:  # a log from a clock set backwards: no wall time, not a negative one
+        wall = None
     cfg = info.get("config") or {}
     return {
         "run_id": info.get("run_id"), "run_name": info.get("run_name"), "started_utc": start, "ended_utc": end,
@@ -195,7 +197,7 @@ def _run(info: dict, rows: list[dict]) -> dict[str, Any]:
         "region": cfg.get("region"), "intensity": inten, "pue": _num(cfg.get("pue")) or 1.0,
         "config_sources": cfg.get("sources") or {},
         "interval_s": info.get("interval_s"),
-        "sensors": info.get("channels", []), "unavailable": info.get("unavailable", []), "notes": info.get("notes", []),
+        "sensors": info.get("channels", []), "unavailable": info.get("unavailable", []), "notes": list(info.get("notes") or []) + _clock_notes(info),
         "faults": info.get("faults", []),
         "stages": stages,
         "budgets": budgets, "forecasts": forecasts,
@@ -209,6 +211,14 @@ def _run(info: dict, rows: list[dict]) -> dict[str, Any]:
             "train_emissions_g": sum(s["emissions_g"] or 0.0 for s in top if s["kind"] == "train"),
         },
     }
+
+
+def _clock_notes(info: dict) -> list[str]:
+    moved = (info.get("clock") or {}).get("system_clock_moved_s")
+    if moved is None:
+        return []
+    return [f"the system clock was set by {moved:+.1f} s during this run; its times follow the monotonic clock "
+            "from the start (durations are unaffected)"]
 
 
 def build(paths, *, live: bool = True, session: Any = None, df=None, metric: str | None = None,
