@@ -117,18 +117,20 @@ def check_counts(counts: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
-_TAG_SCALARS = (str, int, float, type(None))
+_TAG_SCALARS = (str, int, float, bool, type(None))
 
 
 def _tag_value(key: str, v: Any, depth: int = 0) -> Any:
-    if isinstance(v, _TAG_SCALARS):  # bool is an int
+    if type(v) in _TAG_SCALARS:
         return v
+    if isinstance(v, str):  # a str subclass (an Enum member): its text
+        return str(v)
     if depth < 4 and isinstance(v, (list, tuple)):
         return [_tag_value(key, x, depth + 1) for x in v]
     if depth < 4 and isinstance(v, Mapping):
         return {str(k): _tag_value(key, x, depth + 1) for k, x in v.items()}
     for conv in ("__index__", "__float__"):  # numpy scalars, 0-d tensors, Decimal
-        if hasattr(v, conv) and not hasattr(v, "__len__"):
+        if hasattr(v, conv):
             try:
                 return getattr(v, conv)()
             except (TypeError, ValueError, RuntimeError):
