@@ -36,7 +36,8 @@ def counter_delta(prev: float, value: float, wrap: float | None, bound_j: float 
     if delta >= 0:
         return (delta, None) if delta <= bound_j else (0.0, "jump")
     if wrap:
-        return (delta + wrap, "wrap") if delta + wrap <= bound_j else (0.0, "backwards")
+        # A previous reading above the range (garbage the sensor gave first) cannot wrap to here.
+        return (delta + wrap, "wrap") if 0.0 <= delta + wrap <= bound_j else (0.0, "backwards")
     if value < RESET_FRACTION * prev and value <= bound_j:
         return value, "reset"
     return 0.0, "backwards"

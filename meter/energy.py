@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Mapping, NamedTuple, Sequence
 
 from .measurement import ComponentEnergy, DeviceEnergy
-from .sensors import COMPONENTS, COUNTER, ESTIMATED, Channel
+from .sensors import COMPONENTS, COUNTER, ESTIMATED, POWER_INTEGRATED, Channel
 
 #: A coarse counter's delta is used (with its edge lags added back) for spans of at least this
 #: many update periods; shorter spans take their energy from polled power, since one misplaced
@@ -134,6 +134,11 @@ def _fault_warnings(faults: Sequence, s, e) -> list[str]:
     return out
 
 
+def _one(provs: list, idx: tuple) -> str:
+    kinds = {provs[i] for i in idx}
+    return kinds.pop() if len(kinds) == 1 else "mixed"
+
+
 def span_energy(s, e, plan: Plan, faults: Sequence = (), peak: Mapping[str, float] | None = None) -> Figures:
     """Energy, power and warnings between snapshots ``s`` and ``e`` (see :mod:`meter.odometer`).
     ``faults`` is the odometer's append-only fault list; ``peak`` the highest per-component and
@@ -149,9 +154,12 @@ def span_energy(s, e, plan: Plan, faults: Sequence = (), peak: Mapping[str, floa
                 corrected.add(i)
     if faults:
         warnings.extend(_fault_warnings(faults, s, e))
-    devices = tuple(DeviceEnergy(c.key, c.component, c.label, dj[i], c.provenance, c.scope, c.shared, i in corrected)
+    # A counter reading replaced by integrated power is labelled as what it is.
+    provs = [POWER_INTEGRATED if i in corrected else c.provenance for i, c in enumerate(chans)]
+    devices = tuple(DeviceEnergy(c.key, c.component, c.label, dj[i], provs[i], c.scope, c.shared, i in corrected)
                     for i, c in enumerate(chans))
-    by_comp = {comp: ComponentEnergy(sum(dj[i] for i in idx), prov, keys) for comp, idx, prov, keys in plan.groups}
+    by_comp = {comp: ComponentEnergy(sum(dj[i] for i in idx), prov if not corrected else _one(provs, idx), keys)
+               for comp, idx, prov, keys in plan.groups}
     if plan.estimate_note:
         warnings.append(plan.estimate_note)
     if not chans:

@@ -10,7 +10,6 @@ import torch
 
 import meter
 from meter.errors import ConfigError
-from meter.testing import FakeGPU, FakeNVML
 
 
 def quiet_meter(tmp_path, **kw):

@@ -10,7 +10,7 @@ import time
 import pytest
 
 import meter
-from meter.testing import FakeClock, FakeGPU, FakeNVML
+from meter.testing import FakeGPU, FakeNVML
 
 
 def gpu_meter(tmp_path, clock, nv, **kw):
@@ -30,7 +30,7 @@ def test_add_after_exit_is_ignored_the_same_in_memory_and_on_disk(tmp_path, capl
     for trial in range(20):
         stop = threading.Event()
         with m.track(f"s{trial}") as span:
-            def adder():
+            def adder(span=span, stop=stop):
                 while not stop.is_set():
                     span.add(samples=1)
 
