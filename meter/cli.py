@@ -93,14 +93,10 @@ def _cmd_run(args) -> int:
     # that for every run), or nothing at all with --no-argv.
     from .redact import env_secrets, mask_argv
 
-    saved_argv = sys.argv
-    sys.argv = [] if args.no_argv else mask_argv(sys.argv, env_secrets())
-    try:
-        m = Meter(region=args.region, pue=args.pue, interval_s=args.interval, output_dir=args.output,
-                  run_name=args.name, carbon=args.carbon, pid="children", sync_cuda=False)
-        m.start()  # writes run.json, with the argv above
-    finally:
-        sys.argv = saved_argv
+    m = Meter(region=args.region, pue=args.pue, interval_s=args.interval, output_dir=args.output,
+              run_name=args.name, carbon=args.carbon, pid="children", sync_cuda=False,
+              argv=[] if args.no_argv else mask_argv(sys.argv, env_secrets()))
+    m.start()  # writes run.json, with the argv above
     name = args.name or os.path.basename(cmd[0])
     tags = {} if args.no_argv else {"command": " ".join(mask_argv(cmd, env_secrets()))[:500]}
     track = m.track(name, tags=tags)

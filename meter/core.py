@@ -26,7 +26,7 @@ log = logging.getLogger("meter")
 
 _ARG_NAMES = (
     "carbon", "cpu_power_w", "region", "pue", "interval_s", "output_dir", "gpus", "rapl_root", "run_name", "write", "sensors",
-    "nvml", "clock", "cpu_tdp_w", "pid", "sync_cuda", "distributed", "environ", "pyproject",
+    "nvml", "clock", "cpu_tdp_w", "pid", "sync_cuda", "distributed", "environ", "pyproject", "argv",
 )
 
 
@@ -44,6 +44,8 @@ class Meter:
     the power of one busy hardware thread (also ``METER_CPU_POWER_W`` and ``[tool.meter]``),
     ``cpu_tdp_w`` the package TDP to divide by its threads; ``pid`` attributes the CPU/RAM
     estimate to another process tree, or ``"children"`` to this process's children (``meter run``).
+    ``argv`` is the command line run.json records (default: this process's ``sys.argv``; ``[]``
+    records none); values of secret-looking arguments are masked either way.
     """
 
     def __init__(self, region: str | None = None, pue: float | None = None, interval_s: float | None = None,
@@ -51,7 +53,7 @@ class Meter:
                  carbon: str | None = None, cpu_power_w: float | None = None, run_name: str | None = None, write: bool = True,
                  sensors: list | None = None, nvml: Any = None, clock: Any = None, cpu_tdp_w: float | None = None,
                  pid: int | None = None, sync_cuda: bool = True, distributed: bool = True,
-                 environ: dict | None = None, pyproject: str | None = None, **unknown: Any):
+                 environ: dict | None = None, pyproject: str | None = None, argv: list | None = None, **unknown: Any):
         if unknown:
             k = next(iter(unknown))
             raise ConfigError(f"Meter() got an unknown argument {k!r}{config_mod.suggest(k, _ARG_NAMES)}")
@@ -60,6 +62,9 @@ class Meter:
              "rapl_root": rapl_root, "carbon": carbon, "cpu_power_w": cpu_power_w}, environ, pyproject)
         _check_args(cpu_tdp_w=cpu_tdp_w, pid=pid, run_name=run_name, write=write, sync_cuda=sync_cuda,
                     distributed=distributed)
+        if argv is not None and (isinstance(argv, (str, bytes)) or not all(isinstance(a, str) for a in argv)):
+            raise ConfigError(f"argv={argv!r}: give a list of strings (the command line to record), or [] for none")
+        self._argv = None if argv is None else list(argv)
         self._environ = os.environ if environ is None else environ
         self.clock = clock or SystemClock()
         self._write = write
@@ -116,7 +121,7 @@ class Meter:
                     config=self.config, clock=self.clock, discovery_fn=discover, write=self._write,
                     run_id=make_run_id(self.clock, self.run_name, self.rank), run_name=self.run_name,
                     interval_fn=lambda d: safe_interval(self.config.interval_s, d),
-                    distributed=_describe_rank(self.rank, self._environ))
+                    distributed=_describe_rank(self.rank, self._environ), argv=self._argv)
             except MeterError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any sensor trouble becomes one clear error

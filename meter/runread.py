@@ -335,6 +335,20 @@ def find_runs(paths) -> list[str]:
     return out
 
 
+def read_runs(paths, problems: list | None = None) -> list[Run]:
+    """Every run under ``paths`` that can still be read. A run that vanished or became unreadable
+    between listing and reading (deleted by a sweep's cleanup, a disk gone) is skipped and
+    reported in ``problems``: the others still load."""
+    out = []
+    for d in find_runs(paths):
+        try:
+            out.append(read_run(d))
+        except RunLogError as exc:
+            if problems is not None:
+                problems.append(f"{d}: skipped: {exc}")
+    return out
+
+
 def span_rows(run: Run) -> list[dict]:
     """One flat dict per span: the columns of :data:`SPAN_COLUMNS`, then per-component energy
     and provenance, ``tag_*`` columns, warnings and the run directory."""

@@ -204,12 +204,13 @@ def run_info(session_parts: dict[str, Any]) -> dict[str, Any]:
         "started_utc": session_parts["started_utc"], "config": session_parts["config"].describe(),
         "channels": [c.describe() for c in odo.channels], "unavailable": [u.describe() for u in d.unavailable],
         "notes": list(d.notes), "interval_s": session_parts["interval_s"], "host": describe_host(d),
-        "pid": os.getpid(), "argv": list(sys.argv), "distributed": session_parts["distributed"],
+        "pid": os.getpid(), "argv": list(sys.argv if session_parts.get("argv") is None else session_parts["argv"]),
+        "distributed": session_parts["distributed"],
     }
 
 
 def open_session(*, config, clock, discovery_fn, write: bool, run_id: str, run_name: str | None,
-                 interval_fn, distributed: dict | None) -> Session:
+                 interval_fn, distributed: dict | None, argv: list | None = None) -> Session:
     """Open sensors, the odometer and the run log, write run.json and the first sample, start
     the thread. On any failure everything opened so far is closed again and the error raised."""
     from .runlog import RunWriter, make_run_dir
@@ -233,7 +234,8 @@ def open_session(*, config, clock, discovery_fn, write: bool, run_id: str, run_n
                                   "writable directory") from exc
             stack.callback(writer.close, remove_heartbeat=False)
         info = run_info({"discovery": discovery, "odometer": odometer, "run_id": run_id, "run_name": run_name,
-                         "started_utc": started, "config": config, "interval_s": interval, "distributed": distributed})
+                         "started_utc": started, "config": config, "interval_s": interval, "distributed": distributed,
+                         "argv": argv})
         session = Session(discovery, odometer, interval, run_id, writer, info)
         if writer is not None:
             writer.write_run(info)

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from datetime import datetime, timezone
 
 import pytest
@@ -262,3 +263,40 @@ def test_library_search_ranks_like_the_cli():
     assert fr[0] == "FR" and fr.index("GF") < fr.index("CF")  # a name starting with "Fr" before one containing it
     de = [r["zone"] for r in carbon.regions("DE")]
     assert de[0] == "DE" and de.index("DK") < de.index("BD")
+
+
+def test_report_of_an_auto_region_run_uses_the_zone_located_during_the_run(server, tmp_path, monkeypatch):
+    """region="auto" is located while the run measures; a report made later (on a laptop in
+    another country, or offline) uses the zone recorded then, and never geolocates again."""
+    monkeypatch.setenv("METER_GEO_URL", server.url + "/json")
+    m = meter.Meter(output_dir=str(tmp_path / "runs"), gpus="none", rapl_root=str(tmp_path / "none"), region="auto")
+    with m.track("train"):
+        pass
+    src = m._carbon_source()
+    for _ in range(200):
+        if src.zone is not None:
+            break
+        time.sleep(0.01)
+    m.close()
+    assert src.zone == "US-CA"
+    server.state.geo = {"ip": "203.0.113.9", "country": "FR"}  # the report is made elsewhere
+    asked = len(server.state.requests)
+    df = meter.load(str(tmp_path / "runs"))
+    assert df["intensity_zone"].tolist() == ["US-CA"]
+    assert df["intensity_method"].tolist() == ["ip-geolocation"]
+    assert "while the run measured" in df["intensity_note"].iloc[0]
+    assert len(server.state.requests) == asked  # no new lookup
+
+
+def test_report_of_an_auto_region_run_that_located_nothing_says_so(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("METER_GEO_URL", "http://127.0.0.1:9/json")  # geolocation fails during the run
+    m = meter.Meter(output_dir=str(tmp_path / "runs"), gpus="none", rapl_root=str(tmp_path / "none"), region="auto")
+    with m.track("train"):
+        pass
+    m.close()
+    monkeypatch.setenv("METER_GEO_URL", server.url + "/json")  # would answer now: must not be asked
+    df = meter.load(str(tmp_path / "runs"))
+    assert df["intensity_zone"].tolist() == ["WORLD"]
+    assert df["intensity_method"].tolist() == ["region-unknown"]
+    assert "located no zone" in df["intensity_note"].iloc[0]
+    assert not any(p == "/json" for p, _ in server.state.requests)

@@ -44,7 +44,9 @@ def lib(tmp_path_factory):
     return fake_nvml.build(str(tmp_path_factory.mktemp("lib")))
 
 
-@pytest.mark.parametrize("energy,prov,tol", [(True, "counter", 0.01), (False, "power-integrated", 0.15)])
+# With energy counters, spans under 1 s in the first second (period not learned yet) take their
+# energy from integrated instantaneous power and say so; both labels are honest there.
+@pytest.mark.parametrize("energy,prov,tol", [(True, {"counter", "power-integrated"}, 0.01), (False, {"power-integrated"}, 0.15)])
 def test_pynvml_and_meter_read_the_emulated_gpus(lib, energy, prov, tol):
     env = {**os.environ, **fake_nvml.env(lib, DEVICES, energy=energy)}
     p = subprocess.run([sys.executable, "-c", CHILD, os.path.join(ROOT, "bench"), json.dumps(DEVICES)],
@@ -53,7 +55,7 @@ def test_pynvml_and_meter_read_the_emulated_gpus(lib, energy, prov, tol):
     out = json.loads(p.stdout.strip().splitlines()[-1])
     assert len(out["names"]) == 2 and "Emulated GPU" in out["names"][0]
     for w in out["windows"]:
-        assert w["prov"] == prov
+        assert w["prov"] in prov
         # Counter: exact but for mJ truncation. Power only: a few 50 ms samples of a 0.4 s square wave.
         assert w["j"] == pytest.approx(w["truth"], rel=tol)
 

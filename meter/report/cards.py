@@ -57,10 +57,10 @@ def render_paths(dirs, *, fmt: str = "md", compare: str | None = None, live: boo
         from .hf import render
 
         return render(card, **kw)
-    from ..runlog import find_runs, read_run
+    from ..runread import read_runs
     from .html import render
 
-    return render(card, [read_run(d) for d in find_runs(dirs)])
+    return render(card, read_runs(dirs))
 
 
 def update_hf_card(dirs, readme_path: str, *, training_type: str = "fine-tuning", live: bool = True, **opts: Any) -> str:
@@ -121,10 +121,10 @@ class Report:
 
     def html(self) -> str:
         """The full self-contained page (``meter report --format html``); needs the plot extra."""
-        from ..runlog import find_runs, read_run
+        from ..runread import read_runs
         from .html import render
 
-        runs = [read_run(d) for d in find_runs(self._paths)] if self._paths is not None else ()
+        runs = read_runs(self._paths) if self._paths is not None else ()
         return render(self.card, runs)
 
     def __repr__(self) -> str:

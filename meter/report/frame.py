@@ -11,14 +11,18 @@ from typing import Any
 
 from .. import carbon
 from ..clock import parse_utc_iso
-from ..runlog import SPAN_COLUMNS, Run, find_runs, read_run, span_rows
+from ..runlog import SPAN_COLUMNS, Run, span_rows
+from ..runread import read_runs
 
 
 def run_intensity(run: Run, *, live: bool = True, session: Any = None) -> carbon.Intensity:
     """The intensity a run's figures use: its region offline, or its live provider with fallback."""
     cfg = run.info.get("config") or {}
     region = cfg.get("region")
-    base = carbon.resolve(region) if region else carbon.world_default()
+    if region and region.strip().lower() == "auto":
+        base = _located_during_run(run)
+    else:
+        base = carbon.resolve(region) if region else carbon.world_default()
     provider, _, zone = str(cfg.get("carbon") or "offline").partition(":")
     if provider == "offline" or not live:
         return base
@@ -32,6 +36,26 @@ def run_intensity(run: Run, *, live: bool = True, session: Any = None) -> carbon
 
     return with_fallback(provider, zone or base.zone, min(times), max(ends or times), base, session=session,
                          base_url=os.environ.get("METER_CARBON_URL") or None)
+
+
+def _located_during_run(run: Run) -> carbon.Intensity:
+    """``region="auto"``: the zone the run located (recorded in run.json's ``carbon`` block), never
+    a new lookup from wherever the report is made; the world average, labelled, if it located none."""
+    from dataclasses import replace
+
+    from ..carbon import offline
+
+    rec = run.info.get("carbon")
+    rec = rec if isinstance(rec, dict) else {}
+    zone, how = rec.get("zone"), rec.get("offline")
+    located = isinstance(how, dict) and how.get("method") == "ip-geolocation"
+    if located and isinstance(zone, str) and zone and offline.lookup(zone) is not None:
+        found = carbon.resolve(zone)
+        return replace(found, method="ip-geolocation",
+                       note=f"region='auto': {zone} located by IP geolocation while the run measured")
+    return replace(carbon.world_default(warn=False), method="region-unknown",
+                   note="region='auto' located no zone during the run; world average used. Set region= to the "
+                        "grid zone the machine ran in and report again")
 
 
 def _span_emissions(row: dict, intensity: carbon.Intensity, pue: float, shape: tuple | None) -> float | None:
@@ -69,8 +93,8 @@ def load(paths, *, live: bool = True, session: Any = None):
     import pandas as pd
 
     rows, problems, runs = [], [], []
-    for d in find_runs(paths):
-        run = read_run(d)
+    for run in read_runs(paths, problems):
+        d = run.run_dir
         runs.append(run.info)
         cfg = run.info.get("config") or {}
         pue = float(cfg.get("pue") or 1.0)
