@@ -6,9 +6,26 @@ import time
 from datetime import datetime
 
 
+def _boot_clock():
+    """Seconds that keep counting while the machine is suspended (Linux CLOCK_BOOTTIME), so that
+    wall times after a laptop or VM resume are not behind; the monotonic clock elsewhere."""
+    clk = getattr(time, "CLOCK_BOOTTIME", None)
+    if clk is not None:
+        try:
+            time.clock_gettime(clk)
+            return lambda: time.clock_gettime(clk)
+        except OSError:
+            pass
+    return time.monotonic
+
+
+_since_boot = _boot_clock()
+
+
 class SystemClock:
     """The real clock. ``monotonic()`` for durations; ``wall()`` (UTC epoch seconds) for records,
-    read from the monotonic clock anchored to the system clock when this clock was made. So the
+    read from a clock that never goes back (CLOCK_BOOTTIME: it also counts suspended time)
+    anchored to the system clock when this clock was made. So the
     times of one run never go backwards and never jump when the system clock is stepped (NTP, a
     manual change, a VM restored): durations are monotonic and end times never precede start
     times. :meth:`drift_s` says how far the system clock has moved from the anchor since."""
@@ -16,11 +33,11 @@ class SystemClock:
     monotonic = staticmethod(time.perf_counter)
 
     def __init__(self) -> None:
-        self._t0 = time.perf_counter()
+        self._t0 = _since_boot()
         self._w0 = time.time()
 
     def wall(self) -> float:
-        return self._w0 + (time.perf_counter() - self._t0)
+        return self._w0 + (_since_boot() - self._t0)
 
     def drift_s(self) -> float:
         """System clock minus this clock's wall time, in seconds (0 until the system clock is set)."""

@@ -97,6 +97,26 @@ def read_pyproject(path: str | None) -> dict[str, Any]:
     return table
 
 
+def as_number(value: Any) -> int | float | None:
+    """A Python number from an argument: ints and floats as they are, number-likes (numpy
+    scalars, 0-d tensors, Decimal, Fraction) converted; None for booleans, text and the rest."""
+    if isinstance(value, bool) or isinstance(value, (str, bytes)):
+        return None
+    if type(value) in (int, float):
+        return value
+    dt = getattr(value, "dtype", None)
+    if dt is not None and (getattr(dt, "kind", "") in ("b", "c") or str(dt) == "torch.bool"
+                           or getattr(dt, "is_complex", False)):
+        return None
+    for conv in ("__index__", "__float__"):
+        if hasattr(value, conv):
+            try:
+                return getattr(value, conv)()
+            except (TypeError, ValueError, RuntimeError, OverflowError):
+                continue
+    return None
+
+
 def _float(name: str, value: Any, where: str) -> float:
     # Text is how environment variables and TOML strings arrive; an argument must be a number.
     if isinstance(value, bool) or (where == "argument" and isinstance(value, (str, bytes))):

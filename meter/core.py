@@ -57,14 +57,20 @@ class Meter:
         if unknown:
             k = next(iter(unknown))
             raise ConfigError(f"Meter() got an unknown argument {k!r}{config_mod.suggest(k, _ARG_NAMES)}")
+        _check_objects(environ=environ, clock=clock, sensors=sensors)
         self.config = config_mod.resolve(
             {"region": region, "pue": pue, "interval_s": interval_s, "output_dir": output_dir, "gpus": gpus,
              "rapl_root": rapl_root, "carbon": carbon, "cpu_power_w": cpu_power_w}, environ, pyproject)
         _check_args(cpu_tdp_w=cpu_tdp_w, pid=pid, run_name=run_name, write=write, sync_cuda=sync_cuda,
                     distributed=distributed)
-        if argv is not None and (isinstance(argv, (str, bytes)) or not all(isinstance(a, str) for a in argv)):
+        if argv is not None and not isinstance(argv, (str, bytes)):
+            try:
+                argv = list(argv)
+            except TypeError:
+                pass
+        if argv is not None and (not isinstance(argv, list) or not all(isinstance(a, str) for a in argv)):
             raise ConfigError(f"argv={argv!r}: give a list of strings (the command line to record), or [] for none")
-        self._argv = None if argv is None else list(argv)
+        self._argv = argv
         self._environ = os.environ if environ is None else environ
         self.clock = clock or SystemClock()
         self._write = write
@@ -128,6 +134,8 @@ class Meter:
                 raise SensorError(f"meter could not start its sensors ({type(exc).__name__}: {exc}); run "
                                   "`meter doctor` to see which sensor fails, or pass gpus='none' / rapl_root=") from exc
             self._state = "running"
+            self._finalizer = _close_when_dropped(self, self._session)
+            _warn_if_many_running()
             if self.config.carbon.partition(":")[0] != "offline" or (self.config.region or "").lower() == "auto":
                 self._carbon_source().start()
         return self
@@ -142,6 +150,9 @@ class Meter:
                 self._state = "closed" if self._state == "closed" else self._state
                 return
             session, self._state = self._session, "closed"
+            fin = getattr(self, "_finalizer", None)
+            if fin is not None:
+                fin.detach()
         if session is not None:
             extra = {"carbon": self._carbon.describe()} if self._carbon is not None else {}
             extra.update(_clock_drift(self.clock))
@@ -220,6 +231,10 @@ class Meter:
         s.enter(span)
 
     def _exit_span(self, span: Span) -> None:
+        if span.inert and self._state == "closed" and not getattr(self, "_warned_closed", False):
+            self._warned_closed = True
+            log.warning("meter: span %r was opened on a closed Meter and measured nothing; create a new Meter "
+                        "(or use meter.track, whose default Meter is recreated after close)", span.path)
         if span.inert:
             if span._pending:
                 span._read_pending()
@@ -290,14 +305,52 @@ class Meter:
                                                 now if end_s is None else end_s)
 
 
+#: More Meters than this running at once is most likely a notebook cell re-run without close().
+MANY_RUNNING = 4
+_warned_many = False
+
+
+def _warn_if_many_running() -> None:
+    global _warned_many
+    running = [m for m in list(_process._meters) if m._state == "running"]
+    if len(running) > MANY_RUNNING and not _warned_many:
+        _warned_many = True
+        log.warning("meter: %d Meters are running in this process, each sampling and writing its own run "
+                    "(a notebook cell re-run?); close() the ones you no longer need, or use `with Meter() as m:`",
+                    len(running))
+
+
+def _close_when_dropped(meter: "Meter", session):
+    """A running Meter nobody references any more (``m = Meter()`` re-run in a notebook) closes its
+    run, on a thread of its own (the collector may run on the sampler's thread): its records are
+    written, its thread and files released."""
+    import weakref
+
+    def close() -> None:
+        threading.Thread(target=_close_session_quietly, args=(session,), name="meter-close", daemon=True).start()
+
+    f = weakref.finalize(meter, close)
+    f.atexit = False  # at exit _process closes the live ones
+    return f
+
+
+def _close_session_quietly(session) -> None:
+    try:
+        session.close(5.0, {})
+    except Exception:  # noqa: BLE001 - a dropped Meter's close must never surface anywhere
+        log.debug("meter: closing a dropped Meter's run failed", exc_info=True)
+
+
 def check_timeout(name: str, value: Any) -> float:
     """A wait in seconds: a finite or infinite number >= 0 (infinite waits as long as the
     platform allows). Raises ConfigError naming the argument."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    v = config_mod.as_number(value)
+    if v is None or not v >= 0:  # NaN too
         raise ConfigError(f"{name}={value!r}: give a number of seconds >= 0, e.g. {name}=10")
-    if not value >= 0:  # NaN too
-        raise ConfigError(f"{name}={value!r}: give a number of seconds >= 0, e.g. {name}=10")
-    return min(float(value), threading.TIMEOUT_MAX)
+    try:
+        return min(float(v), threading.TIMEOUT_MAX)
+    except OverflowError:
+        return threading.TIMEOUT_MAX
 
 
 def _check_args(*, cpu_tdp_w, pid, run_name, write, sync_cuda, distributed) -> None:
@@ -305,9 +358,11 @@ def _check_args(*, cpu_tdp_w, pid, run_name, write, sync_cuda, distributed) -> N
     for name, v in (("write", write), ("sync_cuda", sync_cuda), ("distributed", distributed)):
         if not isinstance(v, bool):
             raise ConfigError(f"{name}={v!r}: give True or False")
-    if cpu_tdp_w is not None and (isinstance(cpu_tdp_w, bool) or not isinstance(cpu_tdp_w, (int, float))
-                                  or not 0 < cpu_tdp_w < 1e5):
+    tdp = config_mod.as_number(cpu_tdp_w)
+    if cpu_tdp_w is not None and (tdp is None or not 0 < tdp < 1e5):
         raise ConfigError(f"cpu_tdp_w={cpu_tdp_w!r}: give the CPU package's TDP in watts, a number > 0 (e.g. 125)")
+    if pid is not None and pid != "children" and hasattr(pid, "__index__") and not isinstance(pid, bool):
+        pid = pid.__index__()
     if pid is not None and pid != "children" and (isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0):
         raise ConfigError(f"pid={pid!r}: give a process id (an int > 0) whose tree the CPU estimate covers, "
                           "or 'children' for this process's children")
@@ -320,6 +375,24 @@ def _check_args(*, cpu_tdp_w, pid, run_name, write, sync_cuda, distributed) -> N
             pass  # it exists (owned by another user); the estimate reports what it can read
     if run_name is not None and not isinstance(run_name, str):
         raise ConfigError(f"run_name={run_name!r}: give a string (it names the run directory, made safe)")
+
+
+def _check_objects(*, environ, clock, sensors) -> None:
+    from collections.abc import Mapping
+
+    if environ is not None and not isinstance(environ, Mapping):
+        raise ConfigError(f"environ={environ!r}: give a mapping of environment variables (like os.environ), or None")
+    if clock is not None and not (callable(getattr(clock, "monotonic", None)) and callable(getattr(clock, "wall", None))):
+        raise ConfigError(f"clock={clock!r}: give an object with monotonic() and wall() methods "
+                          "(meter.testing.FakeClock), or None for the real clock")
+    if sensors is not None:
+        if isinstance(sensors, (str, bytes)) or not isinstance(sensors, (list, tuple)):
+            raise ConfigError(f"sensors={sensors!r}: give a list of sensors (objects with channels, read() and close()), "
+                              "or None to discover them")
+        for s in sensors:
+            if not (hasattr(s, "channels") and callable(getattr(s, "read", None))):
+                raise ConfigError(f"sensors: {s!r} is not a sensor (it needs channels and read(); "
+                                  "see meter.testing.FakeSensor)")
 
 
 def _check_live_zone(config) -> None:

@@ -49,12 +49,17 @@ class ComponentEnergy(NamedTuple):
         return self.energy_j
 
 
-def freeze(value: Any) -> Any:
-    """A read-only deep copy: dicts become read-only mappings, lists and sets tuples."""
+def freeze(value: Any, depth: int = 0) -> Any:
+    """A read-only deep copy: dicts become read-only mappings, lists and sets tuples. Containers
+    nested deeper than 16 (a tag list that holds itself) are cut with a marker."""
     if isinstance(value, Mapping):
-        return MappingProxyType({k: freeze(v) for k, v in value.items()})
+        if depth > 16:
+            return "<nested too deep>"
+        return MappingProxyType({k: freeze(v, depth + 1) for k, v in value.items()})
     if isinstance(value, (list, tuple, set, frozenset)) and not hasattr(value, "_fields"):
-        return tuple(freeze(v) for v in value)
+        if depth > 16:
+            return "<nested too deep>"
+        return tuple(freeze(v, depth + 1) for v in value)
     return value
 
 

@@ -87,14 +87,24 @@ def make_run_dir(output_dir: str, base: str) -> str:
     raise RunLogError(f"could not create a new run directory in {output_dir}")
 
 
-def _clean(value: Any) -> Any:
-    """JSON has no NaN or infinity; write them as null."""
+def _clean(value: Any, depth: int = 0) -> Any:
+    """JSON has no NaN or infinity, and readers no integers past the float range: write them as
+    null. Containers nested deeper than 16 (or holding themselves) are cut with a marker."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 1000:
+        try:
+            float(value)
+        except OverflowError:
+            return None
     if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
+        if depth > 16:
+            return "<nested too deep>"
+        return {str(k): _clean(v, depth + 1) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        if depth > 16:
+            return "<nested too deep>"
+        return [_clean(v, depth + 1) for v in value]
     return value
 
 
@@ -106,8 +116,21 @@ def _json_default(o: Any) -> Any:
     return str(o)
 
 
+def _json_default_safe(o: Any) -> Any:
+    try:
+        return _json_default(o)
+    except Exception:  # noqa: BLE001 - an object whose str() raises is still a record
+        return f"<unprintable {type(o).__name__}>"
+
+
 def dumps(rec: dict) -> str:
-    return json.dumps(_clean(rec), default=_json_default, separators=(",", ":"), allow_nan=False)
+    """One JSON line. A record whose tags cannot be written (an object whose text raises) keeps
+    every measured figure: only the offending tags become markers."""
+    clean = _clean(rec)
+    try:
+        return json.dumps(clean, default=_json_default, separators=(",", ":"), allow_nan=False)
+    except (ValueError, TypeError, RecursionError):
+        return json.dumps(clean, default=_json_default_safe, separators=(",", ":"), allow_nan=False)
 
 
 def atomic_write_json(path: str, data: Any) -> None:

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .clock import utc_iso
-from .errors import RunLogError
+from .errors import ConfigError, RunLogError
 from .measurement import COUNT_NAMES, SCHEMA_VERSION
-from .recordcheck import check_heartbeat_entry, check_span, clean_run_info, number
+from .recordcheck import _json_scalar_or_container, check_heartbeat_entry, check_span, clean_run_info, number
 
 log = logging.getLogger("meter")
 
@@ -132,6 +132,7 @@ def _read_jsonl(path: str, problems: list[str]) -> list[dict]:
         if version > SCHEMA_VERSION:
             problems.append(f"{where}: schema_version {version} is newer than this meter reads; upgrade meter")
             continue
+        _salvage_counts(rec, where, problems)
         why = check_span(rec)
         if why:
             problems.append(f"{where}: span record skipped ({why})")
@@ -317,6 +318,12 @@ def find_runs(paths) -> list[str]:
     """Run directories in ``paths`` (each a run directory or a directory of them)."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
+    if isinstance(paths, (bytes, int, float)) or paths is None or not hasattr(paths, "__iter__"):
+        raise ConfigError(f"{paths!r}: give a run directory, the output directory holding runs, or a list of them")
+    paths = list(paths)
+    for p in paths:
+        if not isinstance(p, (str, os.PathLike)):
+            raise ConfigError(f"{p!r} in the paths given: each must be a directory path (str or os.PathLike)")
     out = []
     for p in paths:
         p = os.fspath(p)
@@ -333,6 +340,25 @@ def find_runs(paths) -> list[str]:
     if not out:
         raise RunLogError(f"no meter runs (directories with run.json) in {', '.join(map(str, paths))}")
     return out
+
+
+def _salvage_counts(rec: dict, where: str, problems: list[str]) -> None:
+    """A span whose counts hold one bad value (a total past the float range from another version)
+    keeps its energy: the bad count is dropped and reported, not the whole record."""
+    tags = rec.get("tags")
+    if isinstance(tags, dict):
+        bad_tags = [k for k, v in tags.items() if not (isinstance(k, str) and _json_scalar_or_container(v))]
+        if bad_tags:
+            rec["tags"] = {k: v for k, v in tags.items() if k not in bad_tags}
+            problems.append(f"{where}: tag {', '.join(map(repr, bad_tags))} not a JSON label; dropped, the span kept")
+    counts = rec.get("counts")
+    if not isinstance(counts, dict):
+        return
+    bad = [k for k, v in counts.items() if number(v) is None or number(v) < 0]
+    if bad:
+        rec["counts"] = {k: v for k, v in counts.items() if k not in bad}
+        problems.append(f"{where}: count {', '.join(map(repr, bad))} not a finite non-negative number; dropped, "
+                        "the span kept")
 
 
 def read_runs(paths, problems: list | None = None) -> list[Run]:

@@ -73,14 +73,40 @@ def _device_tensor(v: Any) -> bool:
     return isinstance(t, str) and t not in ("cpu", "meta") and callable(getattr(v, "numel", None))
 
 
+def _bool_or_complex(v: Any) -> bool:
+    """numpy and torch booleans and complex numbers (their dtype says so): not counts."""
+    dt = getattr(v, "dtype", None)
+    if dt is None:
+        return False
+    kind = getattr(dt, "kind", None)  # numpy
+    if kind is not None:
+        return kind in "bc"
+    return bool(getattr(dt, "is_complex", False)) or str(dt) == "torch.bool"
+
+
+def add_count(k: str, total: Any, v: int | float) -> int | float:
+    """``total + v`` for count ``k``, refused when the sum leaves the float range."""
+    s = (total or 0) + v
+    try:
+        ok = math.isfinite(s)
+    except OverflowError:
+        ok = False
+    if not ok:
+        raise ConfigError(f"{k}: the span's total would be {'inf' if isinstance(s, float) else 'beyond 1.8e308'}; "
+                          "a count must stay below 1.8e308 (count in larger units, e.g. FLOPs as GFLOPs)")
+    return s
+
+
 def count_value(k: str, v: Any) -> int | float:
     """One count as a Python number: ints stay exact; number-likes (0-d tensors, numpy
     scalars: anything with ``__index__`` or ``__float__``) are converted. Raises ConfigError
     naming the count for text, booleans, sequences, negatives, NaN, infinity and numbers too
     large to be a float."""
-    if isinstance(v, bool) or isinstance(v, (str, bytes)):
+    if isinstance(v, (bool, str, bytes, complex)) or _bool_or_complex(v):
         raise ConfigError(f"{k}={v!r}: counts must be non-negative numbers (an int, a float, a 0-d tensor or "
                           f"a numpy scalar), not {type(v).__name__}")
+    if getattr(v, "ndim", 0) not in (0, None):
+        raise ConfigError(f"{k}={v!r}: a count is one number; this has {v.ndim} dimensions (give e.g. int(mask.sum()))")
     if not isinstance(v, (int, float)):
         x = None
         for conv in ("__index__", "__float__"):
@@ -121,6 +147,12 @@ _TAG_SCALARS = (str, int, float, bool, type(None))
 
 
 def _tag_value(key: str, v: Any, depth: int = 0) -> Any:
+    if type(v) is int and v.bit_length() > 1000:
+        try:
+            float(v)
+        except OverflowError:
+            raise ConfigError(f"tags[{key!r}]: an integer beyond 1.8e308 cannot be recorded; give it as text "
+                              "or in larger units") from None
     if type(v) in _TAG_SCALARS:
         return v
     if isinstance(v, str):  # a str subclass (an Enum member): its text
@@ -135,7 +167,10 @@ def _tag_value(key: str, v: Any, depth: int = 0) -> Any:
                 return getattr(v, conv)()
             except (TypeError, ValueError, RuntimeError):
                 continue
-    return str(v)  # anything else is recorded as its text
+    try:
+        return str(v)  # anything else is recorded as its text
+    except Exception:  # noqa: BLE001 - a label whose text raises is no reason to fail the stage
+        return f"<unprintable {type(v).__name__}>"
 
 
 def check_tags(tags: Any) -> dict[str, Any]:
@@ -201,10 +236,13 @@ class Span:
         self._counted = False  # this span is counted in its parent's _open_children
 
     # -- counts and names ----------------------------------------------------------------------
-    def add(self, samples: Any = None, tokens: Any = None, flops: Any = None, output_tokens: Any = None) -> None:
+    def add(self, samples: Any = None, tokens: Any = None, flops: Any = None, output_tokens: Any = None,
+            **unknown: Any) -> None:
         """Add to this span's counts (each may be omitted). Thread-safe. ``tokens`` are input
         tokens (non-padding), ``output_tokens`` generated tokens. Counts are frozen at exit: a
         later ``add`` changes nothing and logs one warning."""
+        if unknown:
+            check_counts(unknown)  # raises with the names counts have
         given = {"samples": samples, "tokens": tokens, "output_tokens": output_tokens, "flops": flops}
         later = [(k, v) for k, v in given.items() if v is not None and _device_tensor(v)]
         for k, v in later:
@@ -216,8 +254,8 @@ class Span:
             if self._end is not None:
                 log.warning("meter: span %r is closed; counts added after its exit are ignored", self.path)
                 return
-            for k, v in new.items():
-                self.counts[k] = self.counts.get(k, 0) + v
+            sums = {k: add_count(k, self.counts.get(k), v) for k, v in new.items()}
+            self.counts.update(sums)
             if later:
                 self._pending = (self._pending or []) + later
 
@@ -228,7 +266,7 @@ class Span:
             pending, self._pending = self._pending, None
             for k, v in pending or ():
                 try:
-                    self.counts[k] = self.counts.get(k, 0) + count_value(k, v)
+                    self.counts[k] = add_count(k, self.counts.get(k), count_value(k, v))
                 except ConfigError as exc:
                     self._notes = self._notes + (f"count dropped: {exc}",)
                     log.warning("meter: span %r: %s", self.path, exc)
@@ -407,16 +445,26 @@ class Track:
         self._open.append(span)
         return span
 
-    def _find(self) -> Span:
+    def _find(self) -> Span | None:
         s = _current.get()
         while s is not None:
             if s._track is self and s._end is None:
                 return s
             s = s.parent
-        return self._open[-1]  # exited in another context (a generator resumed elsewhere)
+        # Exited in another context of this thread (a generator resumed elsewhere): its newest
+        # span opened on this thread. Never another thread's: that one is still in use there.
+        me = threading.current_thread().name
+        for s in reversed(self._open):
+            if s.thread == me:
+                return s
+        return None
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         span = self._find()
+        if span is None:
+            log.warning("meter: %r exited with no span of it open on this thread; that exit is ignored "
+                        "(each with-block exits once, on the thread that entered it)", self._name)
+            return False
         try:
             self._open.remove(span)
         except ValueError:

@@ -73,7 +73,7 @@ def test_gcp_region_uses_google_published_figure():
 
 
 def test_unknown_region_error_lists_matches():
-    with pytest.raises(CarbonError, match=r"unknown region 'aws:eu-west-9'.*aws:eu-west-3"):
+    with pytest.raises(CarbonError, match=r"region='aws:eu-west-9': unknown grid zone.*aws:eu-west-3"):
         carbon.resolve("aws:eu-west-9")
 
 

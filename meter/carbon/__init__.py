@@ -47,7 +47,8 @@ def check_region(region: str) -> None:
     if offline.lookup(region) is None:
         close = offline.close_matches(region)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise CarbonError(f"unknown region {region!r}{hint} List zones with `meter regions QUERY` or meter.carbon.regions(QUERY)")
+        raise CarbonError(f"region={region!r}: unknown grid zone{hint}. List zones with `meter regions QUERY` or "
+                          "meter.carbon.regions(QUERY)")
 
 
 def resolve(region: str | None, *, geo_url: str | None = None, session: Any = None) -> Intensity:

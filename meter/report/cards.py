@@ -68,6 +68,15 @@ def update_hf_card(dirs, readme_path: str, *, training_type: str = "fine-tuning"
     ``readme_path`` (created if missing; every other key and the rest of the text kept)."""
     from .hf import update_model_card
 
+    unknown = set(opts) - {"compare", "metric", "baseline", "maximize"}
+    if unknown:
+        from ..config import suggest
+
+        k = sorted(unknown)[0]
+        raise ConfigError(f"update_hf_card() got an unknown argument {k!r}{suggest(k, ('metric', 'baseline', 'maximize'))}")
+    if os.path.isdir(readme_path):
+        raise ConfigError(f"readme_path={readme_path!r} is a directory; give the model card's file, "
+                          f"e.g. {os.path.join(readme_path, 'README.md')!r}")
     if opts.get("compare"):
         raise ConfigError("--compare works with --format md, json or html; the hf card describes one model")
     card = _card(dirs, compare=None, live=live, metric=opts.get("metric"), baseline=opts.get("baseline"),
@@ -90,14 +99,18 @@ def write_cards(run_dir: str, output_dir: str, *, live: bool = True) -> list[str
     """Write ``efficiency_card.md``, ``efficiency_card.json`` and ``climate_card.md`` for the run
     into ``output_dir``. Returns the paths."""
     card = build(run_dir, live=live)
-    os.makedirs(output_dir, exist_ok=True)
     out = []
-    for name, text in (("efficiency_card.md", R.markdown(card)), ("efficiency_card.json", R.to_json(card)),
-                       ("climate_card.md", R.climate_markdown(card))):
-        path = os.path.join(output_dir, name)
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(text)
-        out.append(path)
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        for name, text in (("efficiency_card.md", R.markdown(card)), ("efficiency_card.json", R.to_json(card)),
+                           ("climate_card.md", R.climate_markdown(card))):
+            path = os.path.join(output_dir, name)
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(text)
+            out.append(path)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the cards to {output_dir!r} ({exc.strerror or exc}); "
+                          "give a writable directory") from exc
     return out
 
 

@@ -252,4 +252,6 @@ def build(paths, *, live: bool = True, session: Any = None, df=None, metric: str
             "runs": runs, "all_experiments": all_exp, "problems": list(df.attrs.get("problems", []))}
     if len(runs) > 1:
         card["sweep"] = overview(card, metric=metric, baseline=baseline, maximize=maximize)
+    elif runs and (metric is not None or baseline is not None):
+        overview(card, metric=metric, baseline=baseline, maximize=maximize)  # a name that is on no run is an error
     return card

@@ -209,3 +209,109 @@ def test_bad_timeouts_are_refused_and_infinite_waits_work(tmp_path, value):
     assert m.flush(math.inf) is True  # waits as long as needed (was OverflowError)
     m.close(math.inf)
     assert not m.accepting
+
+
+def test_totals_past_the_float_range_are_refused_and_the_span_is_kept(tmp_path):
+    m = quiet_meter(tmp_path)
+    with m.track("train", flops=1e308) as span:
+        with pytest.raises(ConfigError, match="flops: the span's total"):
+            span.add(flops=1e308)
+        with pytest.raises(ConfigError, match="flops"):
+            span.add(flops=10**309)
+        span.add(flops=1.0)
+    with m.track("after"):
+        pass
+    m.close()
+    df = meter.load(str(tmp_path / "runs"))
+    assert df["name"].tolist() == ["train", "after"] and df.attrs["problems"] == []
+    assert df["flops"].iloc[0] == pytest.approx(1e308)
+
+
+@pytest.mark.parametrize("value", [np.True_, torch.tensor(True), np.complex128(5 + 3j), torch.tensor(5 + 0j),
+                                   torch.tensor([5]), 5 + 0j], ids=repr)
+def test_booleans_complex_numbers_and_arrays_are_not_counts(tmp_path, value):
+    m = quiet_meter(tmp_path, write=False)
+    with pytest.raises(ConfigError, match="tokens"):
+        m.track("x", tokens=value)
+    m.close()
+
+
+def test_unknown_counts_in_add_name_the_known_ones(tmp_path):
+    m = quiet_meter(tmp_path, write=False)
+    with m.track("x") as span:
+        with pytest.raises(ConfigError, match="did you mean tokens"):
+            span.add(token=5)
+    m.close()
+
+
+def test_a_tag_too_large_to_record_is_refused_and_one_whose_text_raises_is_kept(tmp_path):
+    class Weird:
+        def __str__(self):
+            raise ZeroDivisionError
+
+    m = quiet_meter(tmp_path)
+    with pytest.raises(ConfigError, match="integer beyond"):
+        m.track("x", tags={"h": 10**5000})
+    with m.track("w", tags={"o": Weird()}):
+        pass
+    with m.track("set-later") as span:
+        span.tags["big"] = 10**400  # set directly, past the check: written as null, nothing else lost
+        span.tags["self"] = loop = []
+        loop.append(loop)
+    with m.track("after"):
+        pass
+    m.close()
+    df = meter.load(str(tmp_path / "runs"))
+    assert df["name"].tolist() == ["w", "set-later", "after"] and df.attrs["problems"] == []
+    assert df["tag_o"].iloc[0] == "<unprintable Weird>"
+
+
+@pytest.mark.parametrize("name,value,fix", [
+    ("environ", "x", "mapping"), ("clock", object(), "monotonic()"), ("sensors", "x", "list of sensors"),
+    ("sensors", [object()], "not a sensor"), ("argv", "cmd --x", "list of strings"), ("argv", [1, 2], "list of strings"),
+    ("region", "ZZ", "region='ZZ': unknown grid zone"),
+])
+def test_objects_given_to_meter_are_checked_at_creation(tmp_path, name, value, fix):
+    with pytest.raises(meter.MeterError) as info:
+        quiet_meter(tmp_path, **{name: value})
+    assert fix in str(info.value)
+
+
+def test_number_likes_are_accepted_wherever_numbers_are(tmp_path):
+    from decimal import Decimal
+
+    m = quiet_meter(tmp_path, write=False, cpu_tdp_w=np.float32(125), pid=np.int64(__import__("os").getpid()),
+                    argv=iter(["train.py", "--lr", "3e-4"]))
+    assert m._argv == ["train.py", "--lr", "3e-4"]
+    with m.track("a"):
+        pass
+    assert m.flush(Decimal("5")) is True and m.flush(torch.tensor(2.0)) is True
+    assert m.flush(10**400) is True  # as long as the platform allows, not OverflowError
+    m.close(np.float64(1.0))
+
+
+@pytest.mark.parametrize("paths", [None, 5, ["x", None], b"runs"], ids=repr)
+def test_load_names_what_it_takes(paths):
+    with pytest.raises(ConfigError, match="directory"):
+        meter.load(paths)
+
+
+def test_card_functions_check_their_arguments(tmp_path):
+    from meter.report import cards
+
+    m = quiet_meter(tmp_path)
+    with m.track("train"):
+        pass
+    m.close()
+    with pytest.raises(ConfigError, match="is a directory"):
+        cards.update_hf_card([m.run_dir], str(tmp_path), live=False)
+    with pytest.raises(ConfigError, match="unknown argument 'bogus'"):
+        cards.update_hf_card([m.run_dir], str(tmp_path / "README.md"), bogus=1, live=False)
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro" / "file").write_text("")
+    with pytest.raises(ConfigError, match="cannot write the cards"):
+        cards.write_cards(m.run_dir, str(tmp_path / "ro" / "file" / "cards"), live=False)
+    with pytest.raises(ConfigError, match="nope"):
+        cards.report([m.run_dir], metric="nope", live=False)
+    with pytest.raises(ConfigError, match="nope"):
+        cards.report([m.run_dir], baseline="nope", live=False)

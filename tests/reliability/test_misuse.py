@@ -190,3 +190,64 @@ def test_an_old_log_with_end_before_start_gives_no_wall_time_not_a_negative_one(
     run = model.build([m.run_dir], live=False)["runs"][0]
     assert run["totals"]["wall_time_s"] is None
     assert run["totals"]["stage_time_s"] >= 0
+
+
+def test_an_extra_exit_is_ignored_and_never_closes_another_threads_span(tmp_path, caplog):
+    m = meter.Meter(write=False, gpus="none", rapl_root=str(tmp_path / "no"))
+    t = m.track("step")
+    t.__enter__()
+    t.__exit__(None, None, None)
+    t.__exit__(None, None, None)  # a notebook cell's second exit: ignored, warned
+    assert any("exited with no span of it open" in r.message for r in caplog.records)
+
+    opened, done, seen = threading.Event(), threading.Event(), {}
+
+    def worker():
+        with t as s:
+            opened.set()
+            done.wait(10)
+            seen["closed_under_it"] = s.closed
+        seen["status"] = s.result.status
+
+    th = threading.Thread(target=worker)
+    th.start()
+    opened.wait(10)
+    t.__exit__(None, None, None)  # a stray exit on the main thread: the worker's span is not touched
+    done.set()
+    th.join()
+    assert seen == {"closed_under_it": False, "status": "complete"}
+    m.close()
+
+
+def test_a_span_on_a_closed_meter_measures_nothing_and_says_so(tmp_path, caplog):
+    m = meter.Meter(write=False, gpus="none", rapl_root=str(tmp_path / "no"))
+    m.close()
+    with m.track("late") as span:
+        pass
+    assert span.energy_j is None and span.result.status == "not-measured"
+    assert any("opened on a closed Meter" in r.message for r in caplog.records)
+
+
+def test_meters_dropped_without_close_close_their_runs(tmp_path, caplog):
+    """A notebook cell re-run: ``m = Meter()`` again and again without close. Each dropped Meter
+    closes its run (records written, thread gone); many running at once are warned about."""
+    import gc
+
+    from meter.testing import FakeSensor
+
+    before = threading.active_count()
+    keep = []
+    for i in range(6):
+        m = meter.Meter(output_dir=str(tmp_path / "runs"), sensors=[FakeSensor.counter()], interval_s=0.05)
+        with m.track(f"cell{i}"):
+            pass
+        keep.append(m)
+    assert any("Meters are running in this process" in r.message for r in caplog.records)
+    del keep, m
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while threading.active_count() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert threading.active_count() <= before
+    df = meter.load(str(tmp_path / "runs"))
+    assert sorted(df["name"]) == [f"cell{i}" for i in range(6)]
