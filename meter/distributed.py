@@ -33,11 +33,14 @@ class RankInfo:
     world_size: int
     local_world_size: int
     job_id: str
-    launcher: str  # torchrun | slurm
+    launcher: str  # torch.distributed | torchrun | slurm | mpi
     host: str
+    launch_id: str = ""
+    node_index: int | None = None  # the launcher's node number (SLURM_NODEID, GROUP_RANK), if it says
 
     @property
     def owns_host(self) -> bool:
+        """The rule without an exchange (the fallback): local rank 0 reads the node's host sensors."""
         return self.local_rank == 0
 
 
@@ -49,24 +52,79 @@ def _int(env: Mapping[str, str], key: str) -> int | None:
         return None
 
 
+def _first_int(env: Mapping[str, str], *keys: str) -> int | None:
+    for k in keys:
+        v = _int(env, k)
+        if v is not None:
+            return v
+    return None
+
+
+def _launch_id(env: Mapping[str, str]) -> str:
+    """What tells one launch of a job from the next with the same job id (a restart, a rerun)."""
+    parts = [env.get("TORCHELASTIC_RUN_ID", ""), env.get("MASTER_ADDR", ""), env.get("MASTER_PORT", ""),
+             env.get("TORCHELASTIC_RESTART_COUNT", ""), env.get("SLURM_JOB_ID", ""), env.get("SLURM_STEP_ID", "")]
+    if not any(parts):
+        return ""
+    import hashlib
+
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
+
+
+def _torch_world() -> tuple[int, int] | None:
+    """(rank, world size) of an initialised default process group, else None."""
+    import sys
+
+    dist = sys.modules.get("torch.distributed")
+    try:
+        if dist is not None and dist.is_available() and dist.is_initialized():
+            return int(dist.get_rank()), int(dist.get_world_size())
+    except Exception:  # noqa: BLE001 - a half-torn-down group: fall back to the environment
+        pass
+    return None
+
+
 def rank_info(environ: Mapping[str, str] | None = None) -> RankInfo | None:
-    """This process's place in a multi-process job, or None for a single process."""
+    """This process's place in a multi-process job, or None for a single process: from an
+    initialised torch.distributed, else the launcher's environment (torchrun and accelerate:
+    ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``LOCAL_WORLD_SIZE``; Slurm: ``SLURM_PROCID``,
+    ``SLURM_LOCALID``, ``SLURM_NTASKS``, ``SLURM_NTASKS_PER_NODE``, ``SLURM_NODEID``; MPI:
+    ``OMPI_COMM_WORLD_*``, ``PMI_RANK``/``PMI_SIZE``)."""
     env = os.environ if environ is None else environ
     host = socket.gethostname().split(".")[0]
+    launch = _launch_id(env)
+    tw = _torch_world() if environ is None or environ is os.environ else None
     world = _int(env, "WORLD_SIZE")
+    if tw is not None and tw[1] > 1:
+        rank, world = tw
+        local = _first_int(env, "LOCAL_RANK", "SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK") or 0
+        local_world = _first_int(env, "LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE") or world
+        return RankInfo(rank, local, world, local_world, _job_id(env), "torch.distributed", host, launch,
+                        _first_int(env, "GROUP_RANK", "SLURM_NODEID"))
     if world and world > 1 and _int(env, "RANK") is not None:
         local_world = _int(env, "LOCAL_WORLD_SIZE") or world
-        rid = env.get("TORCHELASTIC_RUN_ID")
-        job = env.get("METER_JOB_ID") or env.get("SLURM_JOB_ID") or (rid if rid and rid != "none" else None) \
-            or f"{env.get('MASTER_ADDR', 'local')}-{env.get('MASTER_PORT', '0')}"
-        return RankInfo(_int(env, "RANK"), _int(env, "LOCAL_RANK") or 0, world, local_world, _safe(job), "torchrun", host)
+        return RankInfo(_int(env, "RANK"), _int(env, "LOCAL_RANK") or 0, world, local_world, _job_id(env),
+                        "torchrun", host, launch, _first_int(env, "GROUP_RANK", "SLURM_NODEID"))
     ntasks = _int(env, "SLURM_NTASKS")
     if ntasks and ntasks > 1 and _int(env, "SLURM_PROCID") is not None:
         per_node = env.get("SLURM_NTASKS_PER_NODE", "").split("(")[0]
         local_world = int(per_node) if per_node.isdigit() else ntasks
-        job = env.get("METER_JOB_ID") or env.get("SLURM_JOB_ID") or "slurm"
-        return RankInfo(_int(env, "SLURM_PROCID"), _int(env, "SLURM_LOCALID") or 0, ntasks, local_world, _safe(job), "slurm", host)
+        return RankInfo(_int(env, "SLURM_PROCID"), _int(env, "SLURM_LOCALID") or 0, ntasks, local_world,
+                        _job_id(env), "slurm", host, launch, _int(env, "SLURM_NODEID"))
+    mpi_world = _first_int(env, "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
+    mpi_rank = _first_int(env, "OMPI_COMM_WORLD_RANK", "PMI_RANK")
+    if mpi_world and mpi_world > 1 and mpi_rank is not None:
+        local = _first_int(env, "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID") or 0
+        local_world = _first_int(env, "OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS") or mpi_world
+        return RankInfo(mpi_rank, local, mpi_world, local_world, _job_id(env), "mpi", host, launch)
     return None
+
+
+def _job_id(env: Mapping[str, str]) -> str:
+    rid = env.get("TORCHELASTIC_RUN_ID")
+    job = env.get("METER_JOB_ID") or env.get("SLURM_JOB_ID") or (rid if rid and rid != "none" else None) \
+        or f"{env.get('MASTER_ADDR', 'local')}-{env.get('MASTER_PORT', '0')}"
+    return _safe(job)
 
 
 def _safe(text: str) -> str:
@@ -87,6 +145,110 @@ def node_id(environ: Mapping[str, str] | None = None) -> str:
     except OSError:
         pass
     return socket.gethostname()
+
+
+#: How long each rank waits, when a Meter starts, for the others' node and GPU identities
+#: (``METER_OWNERSHIP_TIMEOUT_S``) before it measures what it sees on its own.
+DEFAULT_OWNERSHIP_TIMEOUT_S = 30.0
+
+
+def _timeout(env: Mapping[str, str], key: str, default: float) -> float:
+    try:
+        v = float(env.get(key, default))
+        return v if v >= 0 and v == v else default
+    except ValueError:
+        return default
+
+
+_exchanges = 0
+
+
+class Ownership:
+    """Which of the devices this rank sees it measures, decided once with the other ranks.
+
+    Each rank publishes its node identity (:func:`node_id`) and the UUIDs of the GPUs it can
+    see. Each GPU UUID is owned by the lowest rank that sees it, so a GPU visible to several
+    ranks (all GPUs visible, MIG slices of one GPU) is read once and a GPU visible to one rank
+    only (per-rank ``CUDA_VISIBLE_DEVICES``) by that rank. Each node's host sensors (RAPL, the
+    node's estimates) belong to the lowest rank on that node. Without every rank's answer within
+    ``METER_OWNERSHIP_TIMEOUT_S`` this rank measures every GPU it sees, and the host sensors if
+    it is its node's local rank 0, with a warning; the decision is recorded in run.json either way.
+    """
+
+    def __init__(self, info: RankInfo, environ: Mapping[str, str] | None = None, directory: str | None = None):
+        self.info = info
+        self.env = os.environ if environ is None else environ
+        self.directory = directory
+        self.node = node_id(self.env)
+        self.resolved = False
+        self.visible: list[str] = []
+        self.owned: list[str] = []
+        self.gpu_owners: dict[str, int] = {}
+        self.host_owner = info.owns_host
+        self.host_owner_rank: int | None = None
+        self.method = "none"
+        self.fallback: str | None = None
+        self.ranks_seen: list[int] = []
+
+    def resolve(self, visible_uuids: list[str]) -> "Ownership":
+        """Exchange identities (once) and decide. Never raises."""
+        if self.resolved:
+            return self
+        self.resolved = True
+        self.visible = list(dict.fromkeys(visible_uuids))
+        try:
+            self._resolve()
+        except Exception as exc:  # noqa: BLE001 - ownership must never stop the measurement
+            self._fall_back(f"the exchange failed ({type(exc).__name__}: {exc})")
+        return self
+
+    def _resolve(self) -> None:
+        global _exchanges
+        from ._exchange import default_store, exchange
+
+        _exchanges += 1
+        info = self.info
+        key = _safe(f"own-{info.job_id}-{info.launch_id or 'x'}-{_exchanges}")
+        payload = {"rank": info.rank, "local_rank": info.local_rank, "node": self.node, "host": info.host,
+                   "gpus": self.visible}
+        timeout = _timeout(self.env, "METER_OWNERSHIP_TIMEOUT_S", DEFAULT_OWNERSHIP_TIMEOUT_S)
+        got, self.method, problem = exchange(key, info.rank, info.world_size, payload, directory=self.directory,
+                                             timeout_s=timeout, store=default_store())
+        self.ranks_seen = sorted(got)
+        if problem is not None:
+            self._fall_back(problem)
+            return
+        owners: dict[str, int] = {}
+        node_owner: dict[str, int] = {}
+        for r in sorted(got):
+            p = got[r]
+            for u in p.get("gpus") or []:
+                owners.setdefault(str(u), r)
+            node_owner.setdefault(str(p.get("node")), r)
+        self.gpu_owners = {u: owners[u] for u in self.visible}
+        self.owned = [u for u in self.visible if owners.get(u) == info.rank]
+        self.host_owner_rank = node_owner.get(self.node, info.rank)
+        self.host_owner = self.host_owner_rank == info.rank
+
+    def _fall_back(self, why: str) -> None:
+        self.fallback = why
+        self.owned = list(self.visible)
+        self.gpu_owners = {u: self.info.rank for u in self.visible}
+        self.host_owner = self.info.owns_host
+        self.host_owner_rank = None
+        log.warning("meter: rank %d could not agree with the other ranks on who measures which device (%s); "
+                    "it measures every GPU it sees%s, which may count a device twice: see run.json's "
+                    "'distributed' block", self.info.rank, why,
+                    " and this node's host sensors (local rank 0)" if self.host_owner else "")
+
+    def owns_gpu(self, uuid: str) -> bool:
+        return uuid in self.owned
+
+    def describe(self) -> dict[str, Any]:
+        return {"owns_host_sensors": self.host_owner, "host_owner_rank": self.host_owner_rank,
+                "visible_gpus": list(self.visible), "owned_gpus": list(self.owned),
+                "gpu_owners": dict(self.gpu_owners), "ownership_method": self.method,
+                "ownership_fallback": self.fallback, "ranks_seen": list(self.ranks_seen)}
 
 
 def describe(info: RankInfo | None, environ: Mapping[str, str] | None = None) -> dict[str, Any] | None:

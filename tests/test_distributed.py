@@ -34,14 +34,79 @@ def test_host_counters_belong_to_local_rank_zero(tmp_path):
     assert [c.key for c in discover(gpus=(), rapl_root=str(tmp_path / "none"), host_owner=False).channels] == ["cpu:estimate", "dram:estimate"]
 
 
-def test_ranks_pair_with_visible_gpus(make_nvml):
-    nv = make_nvml(FakeGPU(uuid="GPU-aaaa"), FakeGPU(uuid="GPU-bbbb"))
-    s, _, _ = open_nvml(binding=nv, environ={}, ranks=(1, 2))
-    assert [c.details["uuid"] for c in s.channels] == ["GPU-bbbb"]
-    s, _, notes = open_nvml(binding=nv, environ={}, ranks=(0, 4))  # 2 GPUs for 4 ranks
-    assert len(s.channels) == 2 and any("local rank 0 measures them all" in n for n in notes)
-    s, unavailable, _ = open_nvml(binding=nv, environ={}, ranks=(3, 4))
-    assert s is None and unavailable[0].kind == "not-needed"
+OWN = textwrap.dedent("""
+    import json, sys
+    import meter
+    from meter.testing import FakeGPU, FakeNVML
+    out, rapl = sys.argv[1], sys.argv[2]
+    nv = FakeNVML([FakeGPU(uuid=f"GPU-{c * 8}", power_w=100.0 * (i + 1)) for i, c in enumerate("abc")])
+    m = meter.Meter(output_dir=out, rapl_root=rapl, region="FR", nvml=nv)
+    with m.track("train"):
+        pass
+    print(json.dumps({"keys": [c.key for c in m.discovery.channels],
+                      "uuids": [c.details.get("uuid") for c in m.discovery.channels if c.component == "gpu"],
+                      "dist": json.load(open(m.run_dir + "/run.json"))["distributed"]}))
+    m.close()
+""")
+
+
+def _ranks(tmp_path, world, env_of, script=OWN, timeout=60):
+    """``world`` real processes launched as torchrun would (RANK, WORLD_SIZE, ...), no process
+    group: the exchange goes through files in the output directory."""
+    write_rapl_tree(str(tmp_path / "pc"), {"intel-rapl:0": {"name": "package-0"}, "intel-rapl:0:0": {"name": "dram"}})
+    (tmp_path / "own.py").write_text(script)
+    procs = []
+    for r in range(world):
+        env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "METER_NODE_ID")}
+        env.update({"RANK": str(r), "WORLD_SIZE": str(world), "LOCAL_RANK": str(r), "LOCAL_WORLD_SIZE": str(world),
+                    "METER_JOB_ID": "own", "METER_OWNERSHIP_TIMEOUT_S": "20", **env_of(r)})
+        procs.append(subprocess.Popen([sys.executable, str(tmp_path / "own.py"), str(tmp_path / "runs"), str(tmp_path / "pc")],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    outs = []
+    for p in procs:
+        o, e = p.communicate(timeout=timeout)
+        assert p.returncode == 0, e[-3000:]
+        outs.append((json.loads(o.strip().splitlines()[-1]), e))
+    return outs
+
+
+def test_gpus_owned_by_the_lowest_rank_that_sees_them(tmp_path):
+    """3 ranks that all see the same 3 GPUs: rank 0 reads them (and the node's RAPL), ranks 1 and
+    2 open no GPU channel and no host counter, and each run.json says so and why."""
+    outs = _ranks(tmp_path, 3, lambda r: {})
+    (r0, _), (r1, _), (r2, _) = outs
+    assert r0["keys"] == ["gpu:0", "gpu:1", "gpu:2", "cpu:package-0", "dram:package-0"]
+    assert r1["keys"] == [] and r2["keys"] == []
+    for r, (o, err) in enumerate(outs):
+        d = o["dist"]
+        assert d["visible_gpus"] == ["GPU-aaaaaaaa", "GPU-bbbbbbbb", "GPU-cccccccc"]
+        assert d["owned_gpus"] == (d["visible_gpus"] if r == 0 else [])
+        assert d["gpu_owners"] == {u: 0 for u in d["visible_gpus"]}
+        assert (d["owns_host_sensors"], d["host_owner_rank"], d["ownership_method"]) == (r == 0, 0, "files")
+        assert d["ownership_fallback"] is None and d["ranks_seen"] == [0, 1, 2]
+        assert "could not agree" not in err
+
+
+def test_per_rank_visible_devices_each_rank_owns_its_gpu(tmp_path):
+    """Slurm's gpu-bind: each rank sees one GPU (CUDA_VISIBLE_DEVICES=<rank>): each reads its own;
+    ranks on another node (METER_NODE_ID) read that node's host counters."""
+    outs = _ranks(tmp_path, 3, lambda r: {"CUDA_VISIBLE_DEVICES": str(r), "METER_NODE_ID": "n0" if r < 2 else "n1"})
+    assert [o["uuids"] for o, _ in outs] == [["GPU-aaaaaaaa"], ["GPU-bbbbbbbb"], ["GPU-cccccccc"]]
+    assert [o["keys"] for o, _ in outs] == [["gpu:0", "cpu:package-0", "dram:package-0"], ["gpu:1"],
+                                            ["gpu:2", "cpu:package-0", "dram:package-0"]]
+    assert [o["dist"]["host_owner_rank"] for o, _ in outs] == [0, 0, 2]
+    assert [o["dist"]["node"] for o, _ in outs] == ["n0", "n0", "n1"]
+
+
+def test_a_rank_that_never_answers_means_measuring_what_this_rank_sees(tmp_path):
+    """World size 2 but only rank 0 starts: after METER_OWNERSHIP_TIMEOUT_S it measures every GPU it
+    sees and its node's host counters, warns, and records why."""
+    (o, err), = _ranks(tmp_path, 1, lambda r: {"WORLD_SIZE": "2", "METER_OWNERSHIP_TIMEOUT_S": "0.5"})
+    assert o["keys"] == ["gpu:0", "gpu:1", "gpu:2", "cpu:package-0", "dram:package-0"]
+    d = o["dist"]
+    assert d["owned_gpus"] == d["visible_gpus"] and d["ranks_seen"] == [0] and d["host_owner_rank"] is None
+    assert d["ownership_fallback"] == "rank(s) 1 did not answer within 0.5 s (METER_OWNERSHIP_TIMEOUT_S)"
+    assert "could not agree with the other ranks" in err
 
 
 def test_combine_adds_energy_and_takes_longest_duration():
