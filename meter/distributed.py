@@ -1,17 +1,19 @@
-"""torch.distributed-aware ownership of sensors and aggregation to one job record.
+"""Multi-process jobs: who measures which device, and one job record.
 
-In a job launched by torchrun (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``LOCAL_WORLD_SIZE``) or
-Slurm (``SLURM_PROCID``, ``SLURM_LOCALID``, ``SLURM_NTASKS``, ``SLURM_NTASKS_PER_NODE``):
+A job launched by torchrun or accelerate (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``,
+``LOCAL_WORLD_SIZE``), Slurm (``SLURM_PROCID``, ``SLURM_LOCALID``, ``SLURM_NTASKS``, ...), MPI, or
+one whose torch.distributed process group is initialised:
 
-- each rank measures the GPU it drives: visible GPU number ``LOCAL_RANK`` when the node shows
-  one GPU per local rank; otherwise local rank 0 measures every visible GPU and the others none;
-- host counters (RAPL, whole-socket) are read by local rank 0 only; the other ranks on that node
-  neither read them nor estimate their CPU (the socket counter already contains them). Where no
-  RAPL counter exists, every rank estimates its own process, which sums correctly;
-- every rank writes its own run directory (``run.json`` records its rank and the job id);
-- :func:`write_job_record` (call it on every rank) gathers each rank's per-stage totals through
-  the process group's store, waiting at most ``METER_GATHER_TIMEOUT_S``, and rank 0 writes
-  ``job-<id>.json``: energy per stage summed over ranks, duration the longest, ``missing_ranks``.
+- every rank makes a Meter and writes its own run directory (``...-rankN``; run.json's
+  ``distributed`` block says its rank, node, job and what it decided to measure);
+- when a Meter starts, the ranks exchange their node identity and visible GPU UUIDs
+  (:class:`Ownership`): each GPU is read by the lowest rank that sees it, each node's host
+  counters by the lowest rank on that node, and each rank estimates what only it can see (its
+  own process's CPU time and RAM where no counter covers them). Nothing is counted twice;
+- :func:`write_job_record` (call it on every rank) gathers each rank's totals, built from its run
+  log on disk, through the process group's store, waiting at most ``METER_GATHER_TIMEOUT_S``;
+  rank 0 writes ``job-<id>.json`` (see :mod:`meter.jobrecord`). ``meter report <output_dir>``
+  builds the same record from the per-rank logs when no process group is left.
 """
 
 from __future__ import annotations
@@ -257,39 +259,6 @@ def describe(info: RankInfo | None, environ: Mapping[str, str] | None = None) ->
     return {**asdict(info), "node": node_id(environ), "owns_host_sensors": info.owns_host}
 
 
-def _stage_totals(records) -> dict[str, dict[str, float]]:
-    """Per-stage totals of one rank's span records (as in spans.jsonl)."""
-    out: dict[str, dict[str, float]] = {}
-    for r in records:
-        if r.get("energy_j") is None:
-            continue
-        t = out.setdefault(r["path"], {"energy_j": 0.0, "duration_s": 0.0, "spans": 0})
-        t["energy_j"] += r["energy_j"]
-        t["duration_s"] += r.get("duration_s") or 0.0
-        t["spans"] += 1
-        for comp, ce in (r.get("energy_by_component") or {}).items():
-            t[f"{comp}_energy_j"] = t.get(f"{comp}_energy_j", 0.0) + (ce.get("energy_j") or 0.0)
-        for k, v in (r.get("counts") or {}).items():
-            t[k] = t.get(k, 0) + v
-    return out
-
-
-def combine(per_rank: list[dict]) -> dict[str, Any]:
-    """Job totals per stage from each rank's totals: energies and counts add up over ranks
-    (each rank measured different devices), the duration is the slowest rank's."""
-    stages: dict[str, dict[str, Any]] = {}
-    for rank_rec in per_rank:
-        for path, t in rank_rec["stages"].items():
-            s = stages.setdefault(path, {"ranks": 0, "duration_s": 0.0})
-            s["ranks"] += 1
-            s["duration_s"] = max(s["duration_s"], t["duration_s"])
-            for k, v in t.items():
-                if k in ("duration_s", "spans"):
-                    continue
-                s[k] = s.get(k, 0) + v
-    return stages
-
-
 #: How long rank 0 waits for the other ranks' totals (``METER_GATHER_TIMEOUT_S``).
 DEFAULT_GATHER_TIMEOUT_S = 60.0
 
@@ -303,26 +272,10 @@ def gather_timeout_s(environ: Mapping[str, str] | None = None) -> float:
         return DEFAULT_GATHER_TIMEOUT_S
 
 
-def _default_store():
-    """The key-value store of the initialised default process group, or None. The gather goes
-    through it rather than through collectives: a collective that one rank never joins would
-    pair with the training's next all_reduce, and NCCL groups need CUDA tensors."""
-    import sys
-
-    dist = sys.modules.get("torch.distributed")
-    if dist is None or not (dist.is_available() and dist.is_initialized()):
-        return None
-    try:
-        from torch.distributed import distributed_c10d as c10d
-
-        return c10d._get_default_store()
-    except Exception:  # noqa: BLE001 - no store: the record is built from this rank alone
-        return None
-
-
 def _gather(store, key: str, rank: int, world: int, payload: bytes, timeout_s: float) -> dict[int, bytes]:
     """Post ``payload`` under ``key``; rank 0 waits (polling, at most ``timeout_s`` in all) for
-    every rank's. Returns what rank 0 received ({} on other ranks). Never raises."""
+    every rank's. Returns what rank 0 received ({} on other ranks). Never raises. The store, not
+    a collective: one that a rank never joins would pair with the training's next all_reduce."""
     import time
 
     try:
@@ -366,20 +319,22 @@ def write_job_record(meter, output_dir: str | None = None) -> str | None:
 
 def _write_job_record(meter, output_dir: str | None) -> str | None:
     global _gathers
+    from ._exchange import default_store
+    from .jobrecord import build_job, rank_payload
     from .runread import read_run
 
     info = meter.rank if getattr(meter, "rank", None) is not None else rank_info()
     meter.flush()
-    run = read_run(meter.run_dir) if meter.run_dir else None
-    mine = {"rank": info.rank if info else 0, "local_rank": info.local_rank if info else 0,
-            "host": info.host if info else socket.gethostname(), "run_dir": meter.run_dir,
-            "owns_host_sensors": info.owns_host if info else True,
-            "channels": [c.get("key") for c in (run.info.get("channels") or [])] if run else [],
-            "stages": _stage_totals(run.spans) if run else {}}
+    if meter.run_dir:
+        mine = rank_payload(read_run(meter.run_dir))
+    else:
+        mine = {"rank": info.rank if info else 0, "node": node_id(), "host": socket.gethostname(), "stages": {},
+                "devices": {}, "components": {}, "energy_j": 0.0, "run_dir": None}
     world = info.world_size if info else 1
-    rank = mine["rank"]
+    rank = info.rank if info else 0
+    mine["rank"] = rank
     job = info.job_id if info else "single"
-    store = _default_store() if world > 1 else None
+    store = default_store() if world > 1 else None
     timeout = gather_timeout_s()
     _gathers += 1
     if store is not None:
@@ -387,7 +342,8 @@ def _write_job_record(meter, output_dir: str | None) -> str | None:
 
         dist = sys.modules["torch.distributed"]
         rank, world = dist.get_rank(), dist.get_world_size()
-        got = _gather(store, f"meter/job/{job}/{_gathers}", rank, world, json.dumps(mine).encode(), timeout)
+        launch = info.launch_id if info else ""
+        got = _gather(store, f"meter/job/{job}/{launch}/{_gathers}", rank, world, json.dumps(mine).encode(), timeout)
         if rank != 0:
             return None
         gathered = []
@@ -400,15 +356,12 @@ def _write_job_record(meter, output_dir: str | None) -> str | None:
         if rank != 0:
             return None
         gathered = [mine]
-    reported = sorted(g["rank"] for g in gathered)
-    missing = [r for r in range(world) if r not in reported]
-    if missing:
+    record = build_job(gathered, job_id=job, world_size=world, source="process-group" if store is not None else "this rank",
+                       gather_timeout_s=timeout)
+    if record["missing_ranks"]:
         log.warning("meter: job %s: rank(s) %s did not report their totals within %g s "
                     "(METER_GATHER_TIMEOUT_S); the job record counts ranks %s only", job,
-                    ", ".join(map(str, missing)), timeout, ", ".join(map(str, reported)))
-    record = {"schema_version": 1, "type": "job", "job_id": job, "world_size": world,
-              "ranks_reported": reported, "missing_ranks": missing, "gather_timeout_s": timeout,
-              "ranks": sorted(gathered, key=lambda g: g["rank"]), "stages": combine(gathered)}
+                    ", ".join(map(str, record["missing_ranks"])), timeout, ", ".join(map(str, record["ranks_reported"])))
     out = output_dir or meter.config.output_dir
     path = os.path.join(out, f"job-{job}.json")
     tmp = f"{path}.tmp-{os.getpid()}"

@@ -9,10 +9,10 @@ import textwrap
 import pytest
 
 import meter
-from meter.distributed import combine, node_id, rank_info
+from meter.distributed import node_id, rank_info
+from meter.jobrecord import build_job
 from meter.sensors import discover
-from meter.sensors.nvml import open_nvml
-from meter.testing import FakeGPU, write_rapl_tree
+from meter.testing import write_rapl_tree
 
 
 def test_rank_info_from_torchrun_and_slurm():
@@ -109,10 +109,20 @@ def test_a_rank_that_never_answers_means_measuring_what_this_rank_sees(tmp_path)
     assert "could not agree with the other ranks" in err
 
 
-def test_combine_adds_energy_and_takes_longest_duration():
-    per_rank = [{"stages": {"train": {"energy_j": 10.0, "duration_s": 2.0, "spans": 1, "samples": 8}}},
-                {"stages": {"train": {"energy_j": 12.5, "duration_s": 2.5, "spans": 1, "samples": 8}}}]
-    assert combine(per_rank) == {"train": {"ranks": 2, "duration_s": 2.5, "energy_j": 22.5, "samples": 16}}
+def test_job_totals_add_energy_and_counts_and_take_the_longest_duration():
+    def rank(r, node, e, dur, uuid):
+        return {"rank": r, "node": node, "host": "h", "energy_j": e, "owns_host_sensors": r == 0,
+                "components": {"gpu": e}, "stages": {"train": {"name": "train", "depth": 0, "energy_j": e,
+                                                               "duration_s": dur, "spans": 1, "samples": 8}},
+                "devices": {uuid: {"key": "gpu:0", "component": "gpu", "uuid": uuid, "energy_j": e}}}
+    job = build_job([rank(1, "n0", 12.5, 2.5, "GPU-b"), rank(0, "n0", 10.0, 2.0, "GPU-a"), rank(2, "n1", 1.0, 1.0, "GPU-c")],
+                    job_id="j", world_size=4, source="disk")
+    assert job["stages"]["train"] == {"name": "train", "depth": 0, "ranks": [0, 1, 2], "duration_s": 2.5,
+                                      "energy_j": 23.5, "samples": 24}
+    assert job["missing_ranks"] == [3] and job["ranks_reported"] == [0, 1, 2] and job["energy_j"] == 23.5
+    assert {n: (v["ranks"], v["energy_j"]) for n, v in job["nodes"].items()} == {"n0": ([0, 1], 22.5), "n1": ([2], 1.0)}
+    assert {u: d["energy_j"] for u, d in job["devices"].items()} == {"GPU-a": 10.0, "GPU-b": 12.5, "GPU-c": 1.0}
+    assert job["devices_measured_twice"] == {}
 
 
 SCRIPT = textwrap.dedent("""
@@ -157,7 +167,7 @@ def test_torchrun_gloo_job_record(tmp_path):
     assert job["world_size"] == 2 and job["job_id"] == "test-job"
     train = job["stages"]["train"]
     df = meter.load(out)
-    assert train["ranks"] == 2 and train["samples"] == 32 and job["missing_ranks"] == []
+    assert train["ranks"] == [0, 1] and train["samples"] == 32 and job["missing_ranks"] == []
     assert train["energy_j"] == pytest.approx(df[df["name"] == "train"]["energy_j"].sum())
     assert train["duration_s"] == pytest.approx(df[df["name"] == "train"]["duration_s"].max())
     assert sorted(df["rank"]) == [0, 1] and set(df["node"]) == {node_id({})}
