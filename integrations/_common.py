@@ -207,6 +207,27 @@ def figures(m: "meter.Meter", snap, own_j: float | None, counts: dict, prefix: s
     return out
 
 
+def job_run_dirs(m: "meter.Meter") -> list[str] | None:
+    """In a multi-rank job (call on every rank): write the job record and return, on the global
+    rank 0, the run directories of the ranks that reported (None elsewhere, or for one process).
+    Never raises and never waits longer than ``METER_GATHER_TIMEOUT_S``."""
+    if getattr(m, "rank", None) is None or not m.run_dir:
+        return None
+    import json
+
+    from meter.distributed import write_job_record
+
+    path = write_job_record(m)
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [r["run_dir"] for r in json.load(f)["ranks"] if r.get("run_dir")] or None
+    except (OSError, ValueError, KeyError, TypeError):
+        log.warning("meter: the job record %s could not be read back; the card covers this rank only", path)
+        return None
+
+
 class CardWriter:
     """Writes the efficiency cards for one run directory: now (end of training) or, for stand-alone
     evaluation and prediction, once later (at :meth:`write`, at the next training end, or at exit),
@@ -226,10 +247,11 @@ class CardWriter:
             ref = weakref.ref(self)
             atexit.register(lambda: ref() is not None and ref().write(at_exit=True))
 
-    def now(self, m: "meter.Meter", out_dir: str) -> list[str]:
+    def now(self, m: "meter.Meter", out_dir: str, paths: list[str] | None = None) -> list[str]:
+        """Write the cards now: of ``m``'s run, or of ``paths`` (a job's per-rank run directories)."""
         self.pending = None
         m.flush()
-        return self._write(m.run_dir, out_dir)
+        return self._write(paths or m.run_dir, out_dir)
 
     def write(self, at_exit: bool = False) -> list[str]:
         """Write the deferred cards now (a no-op when none are pending). Returns their paths."""
@@ -246,7 +268,7 @@ class CardWriter:
             log.exception("meter: writing the efficiency cards at exit failed")
             return self.paths
 
-    def _write(self, run_dir: str | None, out_dir: str) -> list[str]:
+    def _write(self, run_dir, out_dir: str) -> list[str]:
         if not run_dir:
             return self.paths
         from meter.report import cards

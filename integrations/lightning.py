@@ -23,7 +23,7 @@ import os
 import sys
 from typing import Any
 
-from ._common import Budget, CardWriter, Tally, Watch, figures, log, missing
+from ._common import Budget, CardWriter, Tally, Watch, figures, job_run_dirs, log, missing
 
 try:
     import lightning.pytorch as pl
@@ -72,8 +72,9 @@ class MeterCallback(pl.Callback):
     # -- plumbing ------------------------------------------------------------------------------
     @staticmethod
     def _measures(trainer) -> bool:
-        """Which processes measure: local rank 0 (one Meter per node)."""
-        return trainer.local_rank == 0
+        """Which processes measure: every rank, each the devices it owns (see ``meter.distributed``);
+        the cards are written once, by the global rank 0, from the whole job's run logs."""
+        return True
 
     def _on(self, trainer) -> bool:
         if not self._measures(trainer):
@@ -140,10 +141,11 @@ class MeterCallback(pl.Callback):
             pl_module.log(k, float(v), rank_zero_only=True, on_step=False, on_epoch=True)
 
     def _finish(self, trainer, stage: str) -> None:
+        paths = job_run_dirs(self._meter) if stage == "fit" else None  # every rank posts its totals
         if not (self.write_card and trainer.is_global_zero):
             self._meter.flush()
         elif stage == "fit":
-            self.cards.now(self._meter, trainer.default_root_dir)
+            self.cards.now(self._meter, trainer.default_root_dir, paths)
         else:
             self.cards.defer(self._meter, trainer.default_root_dir)
 
