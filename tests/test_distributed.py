@@ -230,3 +230,71 @@ def test_hanging_and_exited_ranks_are_missing_not_a_hang(tmp_path):
     assert job["world_size"] == 3 and job["ranks_reported"] == [0] and job["missing_ranks"] == [1, 2]
     assert job["stages"]["train"]["samples"] == 8  # only the rank that reported
     assert "did not report" in p.stderr
+
+
+AGENT = textwrap.dedent("""
+    import os, sys, time
+    import torch.distributed as dist
+    import meter
+    from meter.distributed import write_job_record
+    dist.init_process_group("gloo")
+    out, rapl = sys.argv[1], sys.argv[2]
+    rank = dist.get_rank()
+    m = meter.Meter(output_dir=out, rapl_root=rapl, region="FR", gpus="none")
+    with m.track("train", samples=4):
+        if rank == 1 and os.environ.get("MISMATCH"):
+            with m.track("extra"):
+                time.sleep(0.05)
+        time.sleep(0.1)
+    write_job_record(m)
+    m.close()
+    dist.destroy_process_group()
+""")
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("node_ids,readers", [(("same", "same"), 1), (("n-a", "n-b"), 2)])
+def test_two_agents_on_one_host_read_host_counters_once_per_node(tmp_path, node_ids, readers):
+    """Two torchrun agents (static rendezvous, one rank each) on this host: with one METER_NODE_ID the
+    RAPL counter is read by rank 0 only; declared as two nodes, by each node's lowest rank."""
+    pytest.importorskip("torch")
+    write_rapl_tree(str(tmp_path / "pc"), {"intel-rapl:0": {"name": "package-0"}})
+    (tmp_path / "agent.py").write_text(AGENT)
+    port = _free_port()
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    procs = []
+    for i, nid in enumerate(node_ids):
+        env = {**os.environ, "METER_NODE_ID": nid, "METER_JOB_ID": "agents", "OMP_NUM_THREADS": "1",
+               "METER_GATHER_TIMEOUT_S": "20", "MISMATCH": "1"}
+        procs.append(subprocess.Popen([torchrun, "--nnodes=2", f"--node_rank={i}", "--nproc_per_node=1",
+                                       "--master_addr=127.0.0.1", f"--master_port={port}", str(tmp_path / "agent.py"),
+                                       str(tmp_path / "runs"), str(tmp_path / "pc")],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    errs = []
+    for p in procs:
+        _, e = p.communicate(timeout=240)
+        errs.append(e)
+        assert p.returncode == 0, e[-3000:]
+    job = json.load(open(tmp_path / "runs" / "job-agents.json"))
+    assert job["world_size"] == 2 and job["missing_ranks"] == []
+    rapl = [d for d in job["devices"].values() if d["key"] == "cpu:package-0"]
+    assert [d["ranks"] for d in rapl] == ([[0]] if readers == 1 else [[0], [1]])
+    assert {n: v["host_sensors_rank"] for n, v in job["nodes"].items()} == (
+        {"same": 0} if readers == 1 else {"n-a": 0, "n-b": 1})
+    # rank 1 ran a stage rank 0 did not: reported in the record and warned on rank 0
+    assert job["stage_mismatch"]["stages_not_on_every_rank"] == {"train/extra": [1]}
+    assert job["stages"]["train"]["ranks"] == [0, 1] and job["stages"]["train"]["samples"] == 8
+    assert "the ranks' stages differ" in errs[0]
+    # the report renders the job as one job, built from the per-rank logs on disk
+    rep = subprocess.run([sys.executable, "-m", "meter", "report", str(tmp_path / "runs")], capture_output=True,
+                         text=True, timeout=120)
+    assert rep.returncode == 0, rep.stderr
+    assert "Job `agents`: 2 ranks" in rep.stdout and "Per node" in rep.stdout and "Per rank" in rep.stdout
+    assert "Sweep overview" not in rep.stdout and "`train/extra` ran on rank(s) 1 only" in rep.stdout
