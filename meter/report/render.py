@@ -216,9 +216,9 @@ def job_markdown(run: dict, h: str) -> list[str]:
                    + "; ".join(f"{md_code(p)} on rank(s) {', '.join(map(str, rs))}" for p, rs in where.items()))
     for u, rs in (job.get("devices_measured_twice") or {}).items():
         out.append(f"- {md(u)} was measured by ranks {', '.join(map(str, rs))} (an ownership fallback): counted more than once")
-    out += [f"{h}## Per rank", ""]
+    out += ["", f"{h}## Per rank", ""] if out[-1] != "" else [f"{h}## Per rank", ""]
     out += md_table(["rank", "node", "run", f"energy ({unit[0]})", "GPUs measured", "host sensors"],
-                    [[str(r["rank"]), md(r.get("node")), md_code(r["run_id"]), in_unit(r["totals"]["energy_j"], unit),
+                    [[str(r["rank"]), md(r.get("node")), md(r["run_id"]), in_unit(r["totals"]["energy_j"], unit),
                       md(", ".join(r.get("owned_gpus") or []) or "-"), "yes" if r.get("owns_host_sensors") else "no"]
                      for r in run["ranks"]])
     return out
