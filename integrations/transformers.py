@@ -25,7 +25,7 @@ import sys
 import weakref
 from typing import Any
 
-from ._common import Budget, CardWriter, Tally, Watch, figures, job_run_dirs, log, missing
+from ._common import Budget, CardWriter, Tally, Watch, figures, job_run_dirs, job_wide, log, missing
 from ._hf import MID_STEP, generated_tokens, input_counts, metric_prefix, wrap_generate
 
 try:
@@ -406,7 +406,10 @@ class MeterCallback(TrainerCallback):
             if snap.energy_j is None:
                 return
             nested = self.watch.nested_j + (self._eval.snapshot().energy_j or 0.0 if self._eval is not None else 0.0)
-            values = figures(self._meter, snap, snap.energy_j - nested, snap.counts, "")
+            snap, own, counts, n = job_wide(self._meter, f"train-{state.global_step}", snap, snap.energy_j - nested, snap.counts)
+            values = figures(self._meter, snap, own, counts, "")
+            if n > 1:
+                values["meter_ranks"] = n
             values.update(self.watch.log_keys())
         else:
             return

@@ -86,7 +86,8 @@ DDP = textwrap.dedent("""
     cb = MeterCallback(region="FR", rapl_root=os.path.join(out, "no-rapl"), interval_s=0.05)
     tr = transformers.Trainer(model=tiny_bert(), args=a, train_dataset=ToyDataset(24, 1), callbacks=[cb])
     tr.train()
-    print("RUN", json.dumps({"rank": rank, "run_dir": cb.meter.run_dir, "cards": cb.card_paths}))
+    logs = [h for h in tr.state.log_history if "meter_ranks" in h]
+    print("RUN", json.dumps({"rank": rank, "run_dir": cb.meter.run_dir, "cards": cb.card_paths, "logs": logs}))
 """)
 
 
@@ -130,6 +131,11 @@ def test_every_rank_measures_under_ddp_and_the_card_is_the_jobs(tmp_path):
     assert {d["uuid"]: d["ranks"] for d in job["devices"].values() if d.get("uuid")} == {
         "GPU-e0000000-0000-0000-0000-000000000000": [0], "GPU-e0000000-0000-0000-0000-000000000001": [1]}
     assert runs[1]["cards"] == [] and runs[0]["cards"]
+    # logged figures on the main process are the job's: both GPUs' power (100 + 200 W, plus a RAM
+    # estimate under 1 W), samples of both shards
+    logs = runs[0]["logs"]
+    assert logs and all(h["meter_ranks"] == 2 for h in logs)
+    assert logs[-1]["power_w"] == pytest.approx(300.0, rel=0.03)
     card = json.load(open(out / "efficiency_card.json"))
     assert len(card["runs"]) == 1 and card["runs"][0]["world_size"] == 2
     assert [r["rank"] for r in card["runs"][0]["ranks"]] == [0, 1]
