@@ -298,3 +298,51 @@ def test_two_agents_on_one_host_read_host_counters_once_per_node(tmp_path, node_
     assert rep.returncode == 0, rep.stderr
     assert "Job `agents`: 2 ranks" in rep.stdout and "Per node" in rep.stdout and "Per rank" in rep.stdout
     assert "Sweep overview" not in rep.stdout and "`train/extra` ran on rank(s) 1 only" in rep.stdout
+
+
+ALL_VISIBLE = textwrap.dedent("""
+    import json, os, sys, time
+    import torch.distributed as dist
+    import meter
+    from meter.distributed import write_job_record
+    dist.init_process_group("gloo")
+    out, rapl = sys.argv[1], sys.argv[2]
+    m = meter.Meter(output_dir=out, rapl_root=rapl, region="FR", interval_s=0.05)
+    with m.track("train", samples=2):
+        time.sleep(0.3)
+        dist.barrier()
+    write_job_record(m)
+    m.close()
+""")
+
+
+def test_torchrun_three_ranks_all_gpus_visible_each_gpu_read_once(tmp_path):
+    """3 real torchrun ranks on gloo that all see the same 3 emulated GPUs (constant 50, 100,
+    150 W): the exchange goes through the process group's store, rank 0 reads all three, and the
+    job's GPU energy is 300 W x the train time, not three times that."""
+    import shutil
+
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler for the emulated NVML; .ci/run's machine has gcc")
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+    import fake_nvml
+
+    lib = fake_nvml.build(str(tmp_path / "lib"))
+    write_rapl_tree(str(tmp_path / "pc"), {"intel-rapl:0": {"name": "package-0"}})
+    (tmp_path / "job.py").write_text(ALL_VISIBLE)
+    env = {**os.environ, **fake_nvml.env(lib, [(50, 50, 1, 0), (100, 100, 1, 0), (150, 150, 1, 0)]),
+           "METER_JOB_ID": "all3", "OMP_NUM_THREADS": "1", "METER_GATHER_TIMEOUT_S": "20"}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    p = subprocess.run([os.path.join(os.path.dirname(sys.executable), "torchrun"), "--standalone", "--nproc_per_node=3",
+                        str(tmp_path / "job.py"), str(tmp_path / "runs"), str(tmp_path / "pc")],
+                       capture_output=True, text=True, env=env, timeout=240)
+    assert p.returncode == 0, p.stderr[-3000:]
+    job = json.load(open(tmp_path / "runs" / "job-all3.json"))
+    infos = [json.load(open(os.path.join(r["run_dir"], "run.json")))["distributed"] for r in job["ranks"]]
+    assert [i["ownership_method"] for i in infos] == ["store"] * 3
+    assert [len(i["owned_gpus"]) for i in infos] == [3, 0, 0] and [len(i["visible_gpus"]) for i in infos] == [3, 3, 3]
+    gpus = {d["uuid"]: d for d in job["devices"].values() if d.get("uuid")}
+    assert len(gpus) == 3 and all(d["ranks"] == [0] for d in gpus.values())
+    r0_train = job["ranks"][0]["stages"]["train"]
+    assert job["stages"]["train"]["gpu_energy_j"] == pytest.approx(300.0 * r0_train["duration_s"], rel=0.02)
+    assert job["stages"]["train"]["samples"] == 6 and job["devices_measured_twice"] == {}
