@@ -23,7 +23,7 @@ import os
 import sys
 from typing import Any
 
-from ._common import Budget, CardWriter, Tally, Watch, figures, job_run_dirs, log, missing
+from ._common import Budget, CardWriter, Tally, Watch, figures, job_run_dirs, job_wide, log, missing
 
 try:
     import lightning.pytorch as pl
@@ -55,6 +55,7 @@ class MeterCallback(pl.Callback):
         self.metrics: dict[str, dict[str, float]] = {}
         self._stack: list[tuple[Any, Any]] = []
         self._spans: dict[str, Any] = {}
+        self._log_seq: dict[str, int] = {}  # logs per stage so far (the job-wide figures' tag)
         self._tallies: dict[int, Tally] = {}
 
     @property
@@ -132,7 +133,15 @@ class MeterCallback(pl.Callback):
         self._tallies[span.span_id].flush(span)
         snap = span.snapshot()
         own = None if snap.energy_j is None else snap.energy_j - nested_j
-        return figures(self._meter, snap, own, snap.counts, prefix)
+        if snap.energy_j is None:
+            return {}
+        # every rank logs at the same points, in the same order: the n-th log of a stage is one tag
+        self._log_seq[key] = self._log_seq.get(key, 0) + 1
+        snap, own, counts, n = job_wide(self._meter, f"{key}-{self._log_seq[key]}", snap, own, snap.counts)
+        values = figures(self._meter, snap, own, counts, prefix)
+        if n > 1:
+            values[f"{prefix}meter_ranks"] = n
+        return values
 
     def _log(self, pl_module, values: dict[str, float]) -> None:
         if not self.log_metrics:
