@@ -207,6 +207,84 @@ def figures(m: "meter.Meter", snap, own_j: float | None, counts: dict, prefix: s
     return out
 
 
+#: How long the global main process waits, at a log, for the other ranks' figures of that step.
+JOB_LOG_WAIT_S = 0.5
+
+
+def job_wide(m: "meter.Meter", tag: str, snap, own_j: float | None, counts: dict):
+    """The figures of a stage so far summed over the job's ranks, for the logs: each rank posts
+    its own (energy, own energy, average power, counts) for ``tag`` through the process group's
+    store; the global rank 0 adds those that arrive within :data:`JOB_LOG_WAIT_S` (a rank that
+    lags contributes its latest post). Returns (snapshot-like, own energy, counts, ranks summed);
+    this rank's own figures alone without a process group. Never raises."""
+    info = getattr(m, "rank", None)
+    if info is None:
+        return snap, own_j, counts, 1
+    try:
+        import json
+        import time
+        from types import SimpleNamespace
+
+        from meter._exchange import default_store
+
+        store = default_store()
+        if store is None:
+            return snap, own_j, counts, 1
+        import torch.distributed as dist
+
+        rank, world = dist.get_rank(), dist.get_world_size()
+        base = f"meter/log/{info.job_id}/{info.launch_id}"
+        mine = {"tag": tag, "energy_j": snap.energy_j, "own_j": own_j, "avg_power_w": snap.avg_power_w,
+                "counts": {k: v for k, v in (counts or {}).items() if isinstance(v, (int, float))}}
+        store.set(f"{base}/{rank}", json.dumps(mine).encode())
+        if rank != 0:
+            return snap, own_j, counts, 1
+        got = {0: mine}
+        deadline = time.monotonic() + JOB_LOG_WAIT_S
+        while True:
+            for r in range(1, world):
+                if r in got and got[r].get("tag") == tag:
+                    continue
+                if store.check([f"{base}/{r}"]):
+                    got[r] = json.loads(store.get(f"{base}/{r}"))
+            if all(r in got and got[r].get("tag") == tag for r in range(world)) or time.monotonic() >= deadline:
+                break
+            time.sleep(0.01)
+        total = {"samples": 0, "tokens": 0, "output_tokens": 0, "flops": 0}
+        e = own = p = 0.0
+        for g in got.values():
+            e += g.get("energy_j") or 0.0
+            own += g.get("own_j") or 0.0
+            p += g.get("avg_power_w") or 0.0
+            for k, v in (g.get("counts") or {}).items():
+                total[k] = total.get(k, 0) + v
+        return SimpleNamespace(energy_j=e, avg_power_w=p), own, {k: v for k, v in total.items() if v}, len(got)
+    except Exception:  # noqa: BLE001 - a log figure must never break training
+        log.debug("meter: job-wide log figures unavailable; this rank's own are logged", exc_info=True)
+        return snap, own_j, counts, 1
+
+
+def job_run_dirs(m: "meter.Meter") -> list[str] | None:
+    """In a multi-rank job (call on every rank): write the job record and return, on the global
+    rank 0, the run directories of the ranks that reported (None elsewhere, or for one process).
+    Never raises and never waits longer than ``METER_GATHER_TIMEOUT_S``."""
+    if getattr(m, "rank", None) is None or not m.run_dir:
+        return None
+    import json
+
+    from meter.distributed import write_job_record
+
+    path = write_job_record(m)
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [r["run_dir"] for r in json.load(f)["ranks"] if r.get("run_dir")] or None
+    except (OSError, ValueError, KeyError, TypeError):
+        log.warning("meter: the job record %s could not be read back; the card covers this rank only", path)
+        return None
+
+
 class CardWriter:
     """Writes the efficiency cards for one run directory: now (end of training) or, for stand-alone
     evaluation and prediction, once later (at :meth:`write`, at the next training end, or at exit),
@@ -226,10 +304,11 @@ class CardWriter:
             ref = weakref.ref(self)
             atexit.register(lambda: ref() is not None and ref().write(at_exit=True))
 
-    def now(self, m: "meter.Meter", out_dir: str) -> list[str]:
+    def now(self, m: "meter.Meter", out_dir: str, paths: list[str] | None = None) -> list[str]:
+        """Write the cards now: of ``m``'s run, or of ``paths`` (a job's per-rank run directories)."""
         self.pending = None
         m.flush()
-        return self._write(m.run_dir, out_dir)
+        return self._write(paths or m.run_dir, out_dir)
 
     def write(self, at_exit: bool = False) -> list[str]:
         """Write the deferred cards now (a no-op when none are pending). Returns their paths."""
@@ -246,7 +325,7 @@ class CardWriter:
             log.exception("meter: writing the efficiency cards at exit failed")
             return self.paths
 
-    def _write(self, run_dir: str | None, out_dir: str) -> list[str]:
+    def _write(self, run_dir, out_dir: str) -> list[str]:
         if not run_dir:
             return self.paths
         from meter.report import cards

@@ -23,7 +23,7 @@ import os
 import sys
 from typing import Any
 
-from ._common import Budget, CardWriter, Tally, Watch, figures, log, missing
+from ._common import Budget, CardWriter, Tally, Watch, figures, job_run_dirs, job_wide, log, missing
 
 try:
     import lightning.pytorch as pl
@@ -55,6 +55,7 @@ class MeterCallback(pl.Callback):
         self.metrics: dict[str, dict[str, float]] = {}
         self._stack: list[tuple[Any, Any]] = []
         self._spans: dict[str, Any] = {}
+        self._log_seq: dict[str, int] = {}  # logs per stage so far (the job-wide figures' tag)
         self._tallies: dict[int, Tally] = {}
 
     @property
@@ -72,8 +73,9 @@ class MeterCallback(pl.Callback):
     # -- plumbing ------------------------------------------------------------------------------
     @staticmethod
     def _measures(trainer) -> bool:
-        """Which processes measure: local rank 0 (one Meter per node)."""
-        return trainer.local_rank == 0
+        """Which processes measure: every rank, each the devices it owns (see ``meter.distributed``);
+        the cards are written once, by the global rank 0, from the whole job's run logs."""
+        return True
 
     def _on(self, trainer) -> bool:
         if not self._measures(trainer):
@@ -131,7 +133,15 @@ class MeterCallback(pl.Callback):
         self._tallies[span.span_id].flush(span)
         snap = span.snapshot()
         own = None if snap.energy_j is None else snap.energy_j - nested_j
-        return figures(self._meter, snap, own, snap.counts, prefix)
+        if snap.energy_j is None:
+            return {}
+        # every rank logs at the same points, in the same order: the n-th log of a stage is one tag
+        self._log_seq[key] = self._log_seq.get(key, 0) + 1
+        snap, own, counts, n = job_wide(self._meter, f"{key}-{self._log_seq[key]}", snap, own, snap.counts)
+        values = figures(self._meter, snap, own, counts, prefix)
+        if n > 1:
+            values[f"{prefix}meter_ranks"] = n
+        return values
 
     def _log(self, pl_module, values: dict[str, float]) -> None:
         if not self.log_metrics:
@@ -140,10 +150,11 @@ class MeterCallback(pl.Callback):
             pl_module.log(k, float(v), rank_zero_only=True, on_step=False, on_epoch=True)
 
     def _finish(self, trainer, stage: str) -> None:
+        paths = job_run_dirs(self._meter) if stage == "fit" else None  # every rank posts its totals
         if not (self.write_card and trainer.is_global_zero):
             self._meter.flush()
         elif stage == "fit":
-            self.cards.now(self._meter, trainer.default_root_dir)
+            self.cards.now(self._meter, trainer.default_root_dir, paths)
         else:
             self.cards.defer(self._meter, trainer.default_root_dir)
 

@@ -13,7 +13,7 @@ while the Trainer iterates an evaluation dataloader and closes at ``on_evaluate`
 Forward passes anywhere else (a user callback generating samples, a manual call in a notebook) are
 not counted. Counts stay on the device until a log or the end of a stage (no sync per step).
 
-One Meter per measuring process (see :meth:`MeterCallback._measures`). Public meter API only.
+One Meter per rank (see :meth:`MeterCallback._measures`). Public meter API only.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import sys
 import weakref
 from typing import Any
 
-from ._common import Budget, CardWriter, Tally, Watch, figures, log, missing
+from ._common import Budget, CardWriter, Tally, Watch, figures, job_run_dirs, job_wide, log, missing
 from ._hf import MID_STEP, generated_tokens, input_counts, metric_prefix, wrap_generate
 
 try:
@@ -124,8 +124,10 @@ class MeterCallback(TrainerCallback):
     # -- plumbing ------------------------------------------------------------------------------
     @staticmethod
     def _measures(state) -> bool:
-        """Which processes measure: the local main process (one Meter per node)."""
-        return bool(state.is_local_process_zero)
+        """Which processes measure: every rank. Each measures the devices it owns (decided with
+        the other ranks by GPU UUID and node, see ``meter.distributed``); the cards are written
+        once, by the global main process, from the whole job's run logs."""
+        return True
 
     def _setup(self, args, state, kwargs) -> bool:
         if self._active is None:
@@ -342,8 +344,9 @@ class MeterCallback(TrainerCallback):
         self._train.tags.update(self.watch.tags())
         self._close(self._train)
         self._train = None
+        paths = job_run_dirs(self._meter)  # every rank posts its totals; rank 0 gets the job's runs
         if self.write_card and state.is_world_process_zero:
-            self.cards.now(self._meter, args.output_dir)
+            self.cards.now(self._meter, args.output_dir, paths)
         else:
             self._meter.flush()
 
@@ -403,7 +406,10 @@ class MeterCallback(TrainerCallback):
             if snap.energy_j is None:
                 return
             nested = self.watch.nested_j + (self._eval.snapshot().energy_j or 0.0 if self._eval is not None else 0.0)
-            values = figures(self._meter, snap, snap.energy_j - nested, snap.counts, "")
+            snap, own, counts, n = job_wide(self._meter, f"train-{state.global_step}", snap, snap.energy_j - nested, snap.counts)
+            values = figures(self._meter, snap, own, counts, "")
+            if n > 1:
+                values["meter_ranks"] = n
             values.update(self.watch.log_keys())
         else:
             return

@@ -87,7 +87,9 @@ class Meter:
         from .distributed import rank_info
 
         # In a torchrun or Slurm job: which devices this rank owns (see meter.distributed).
-        self.rank = rank_info(self._environ) if distributed else None
+        self._distributed = distributed
+        self.rank = rank_info(None if environ is None else self._environ) if distributed else None
+        self.ownership = None  # decided with the other ranks when the Meter starts
         if write:
             from .runlog import check_writable
 
@@ -117,17 +119,24 @@ class Meter:
                 raise MeterError(f"this Meter is {self._state}; create a new Meter")
             from .session import discover_sensors, make_run_id, open_session, safe_interval
 
+            self._refresh_rank()
+            dist_info = _describe_rank(self.rank, self._environ)
+            self.ownership = _ownership(self.rank, self._environ, self.config.output_dir)
+
             def discover() -> Discovery:
-                return discover_sensors(self.config, given=self._given_sensors, nvml=self._nvml,
-                                        cpu_tdp_w=self._cpu_tdp_w, pid=self._pid, environ=self._environ,
-                                        rank=self.rank)
+                d = discover_sensors(self.config, given=self._given_sensors, nvml=self._nvml,
+                                     cpu_tdp_w=self._cpu_tdp_w, pid=self._pid, environ=self._environ,
+                                     owner=self.ownership)
+                if dist_info is not None and self.ownership is not None:
+                    dist_info.update(self.ownership.describe())  # the decisions, into run.json
+                return d
 
             try:
                 self._session = open_session(
                     config=self.config, clock=self.clock, discovery_fn=discover, write=self._write,
                     run_id=make_run_id(self.clock, self.run_name, self.rank), run_name=self.run_name,
                     interval_fn=lambda d: safe_interval(self.config.interval_s, d),
-                    distributed=_describe_rank(self.rank, self._environ), argv=self._argv)
+                    distributed=dist_info, argv=self._argv)
             except MeterError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any sensor trouble becomes one clear error
@@ -139,6 +148,14 @@ class Meter:
             if self.config.carbon.partition(":")[0] != "offline" or (self.config.region or "").lower() == "auto":
                 self._carbon_source().start()
         return self
+
+    def _refresh_rank(self) -> None:
+        """An initialised process group knows the rank better than the environment did when this
+        Meter was made (``torch.multiprocessing.spawn``, or ``init_process_group`` after it)."""
+        if self._distributed and self._environ is os.environ:
+            from .distributed import rank_info
+
+            self.rank = rank_info() or self.rank
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Stop the sampler, record spans still open as incomplete, write every pending record
@@ -432,6 +449,14 @@ def _clock_drift(clock) -> dict:
                 "clock from its start (durations are unaffected)", drift)
     return {"clock": {"system_clock_moved_s": round(drift, 3),
                       "note": "times are the start's UTC plus monotonic time; the system clock was set during the run"}}
+
+
+def _ownership(info, environ, output_dir):
+    if info is None:
+        return None
+    from .distributed import Ownership
+
+    return Ownership(info, environ, output_dir)
 
 
 def _describe_rank(info, environ=None) -> dict | None:

@@ -172,6 +172,21 @@ _HOST = obj({"hostname": opt(is_str), "os": opt(is_str), "machine": opt(is_str),
 _CONFIG = obj({"region": opt(is_str), "pue": opt(lambda v: is_num(v) and v >= 1.0), "interval_s": opt(is_nonneg),
                "carbon": opt(is_str), "sources": opt(dict_of(is_str)), "output_dir": opt(is_str)})
 
+def _rank(v: Any) -> bool:
+    return is_int(v) and v >= 0
+
+
+#: run.json's ``distributed`` block: the rank's place in its job and the ownership decisions.
+DISTRIBUTED: dict[str, Check] = {
+    "rank": opt(_rank), "local_rank": opt(_rank), "world_size": opt(lambda v: is_int(v) and v >= 1),
+    "local_world_size": opt(lambda v: is_int(v) and v >= 1), "node_index": opt(_rank),
+    "node": opt(is_str), "host": opt(is_str), "job_id": opt(is_str), "launch_id": opt(is_str),
+    "launcher": opt(is_str), "owns_host_sensors": opt(lambda v: isinstance(v, bool)),
+    "host_owner_rank": opt(_rank), "visible_gpus": opt(list_of(is_str)), "owned_gpus": opt(list_of(is_str)),
+    "gpu_owners": opt(dict_of(_rank)), "ownership_method": opt(lambda v: v in ("store", "files", "none")),
+    "ownership_fallback": opt(is_str), "ranks_seen": opt(list_of(_rank)),
+}
+
 #: run.json fields, their check, and what replaces a bad value.
 RUN_FIELDS: dict[str, tuple[Check, Any]] = {
     "run_id": (opt(lambda v: is_str(v) and 0 < len(v) <= 300), None),
@@ -185,9 +200,7 @@ RUN_FIELDS: dict[str, tuple[Check, Any]] = {
     "interval_s": (opt(is_nonneg), None),
     "host": (opt(_HOST), {}),
     "clock": (opt(obj({"system_clock_moved_s": opt(is_num), "note": opt(is_str)})), None),
-    "distributed": (opt(obj({"rank": opt(lambda v: is_int(v) and v >= 0), "local_rank": opt(lambda v: is_int(v) and v >= 0),
-                             "world_size": opt(lambda v: is_int(v) and v >= 1), "node": opt(is_str), "host": opt(is_str),
-                             "job_id": opt(is_str), "launch_id": opt(is_str)})), None),
+    "distributed": (opt(obj(DISTRIBUTED)), None),
 }
 
 

@@ -246,17 +246,19 @@ def open_session(*, config, clock, discovery_fn, write: bool, run_id: str, run_n
     return session
 
 
-def discover_sensors(config, *, given, nvml, cpu_tdp_w, pid, environ, rank):
+def discover_sensors(config, *, given, nvml, cpu_tdp_w, pid, environ, owner=None):
     """The sensors of a run: ``given`` ones, or what :func:`meter.sensors.discover` finds (one
-    warning when CPU or DRAM energy will be estimated)."""
+    warning when CPU or DRAM energy will be estimated). ``owner`` (a
+    :class:`meter.distributed.Ownership`) decides, with the job's other ranks, which devices
+    this rank measures."""
     from .sensors import ESTIMATED, Discovery, discover
 
     if given is not None:
+        if owner is not None:
+            owner.resolve([])  # the other ranks still wait for this rank's answer
         return Discovery(sensors=list(given))
     d = discover(gpus=config.gpus, rapl_root=config.rapl_root, nvml=nvml, cpu_tdp_w=cpu_tdp_w,
-                 cpu_power_w=config.cpu_power_w, pid=pid,
-                 environ=environ, host_owner=rank is None or rank.owns_host,
-                 ranks=None if rank is None else (rank.local_rank, rank.local_world_size))
+                 cpu_power_w=config.cpu_power_w, pid=pid, environ=environ, owner=owner)
     est = sorted({c.component for c in d.channels if c.provenance == ESTIMATED})
     if est:
         why = [u.reason for u in d.unavailable if u.sensor == "rapl"] or ["RAPL has no zone for it"]

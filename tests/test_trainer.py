@@ -2,6 +2,9 @@
 
 import json
 import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
@@ -70,12 +73,72 @@ def test_evaluate_and_predict_on_their_own(trainer_run):
     assert "eval_energy_kwh" in trainer.state.log_history[-1] or any("eval_energy_kwh" in h for h in trainer.state.log_history)
 
 
-def test_only_local_main_process_measures(tmp_path):
-    class State:
-        is_local_process_zero = False
-        total_flos = 0.0
-        epoch = 0
+DDP = textwrap.dedent("""
+    import json, os, sys
+    sys.path.insert(0, sys.argv[2])
+    import transformers
+    from trainer_util import ToyDataset, args, tiny_bert
+    from meter.integrations.transformers import MeterCallback
+    out = sys.argv[1]
+    rank = int(os.environ["RANK"])
+    os.environ["CUDA_VISIBLE_DEVICES"] = str(rank)  # one GPU per rank, as Slurm's gpu-bind gives
+    a = args(out, num_train_epochs=2, per_device_train_batch_size=4, logging_steps=2, ddp_backend="gloo")
+    cb = MeterCallback(region="FR", rapl_root=os.path.join(out, "no-rapl"), interval_s=0.05)
+    tr = transformers.Trainer(model=tiny_bert(), args=a, train_dataset=ToyDataset(24, 1), callbacks=[cb])
+    tr.train()
+    logs = [h for h in tr.state.log_history if "meter_ranks" in h]
+    print("RUN", json.dumps({"rank": rank, "run_dir": cb.meter.run_dir, "cards": cb.card_paths, "logs": logs}))
+""")
 
-    cb = MeterCallback(output_dir=str(tmp_path / "x"))
-    cb.on_train_begin(transformers.TrainingArguments(output_dir=str(tmp_path), report_to=[]), State(), None)
-    assert cb.meter is None and not os.path.exists(tmp_path / "x")
+
+def test_every_rank_measures_under_ddp_and_the_card_is_the_jobs(tmp_path):
+    """2 real torchrun ranks on gloo, each with its own emulated GPU (100 W and 200 W, constant):
+    both ranks measure, the job record and card from rank 0 count both GPUs and every sample."""
+    import shutil
+
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler for the emulated NVML; .ci/run's machine has gcc")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, os.path.join(root, "bench"))
+    import fake_nvml
+
+    lib = fake_nvml.build(str(tmp_path / "lib"))
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP)
+    out = tmp_path / "out"
+    env = {**os.environ, **fake_nvml.env(lib, [(100, 100, 1, 0), (200, 200, 1, 0)]), "METER_JOB_ID": "ddp",
+           "OMP_NUM_THREADS": "1", "METER_GATHER_TIMEOUT_S": "20"}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    p = subprocess.run([os.path.join(os.path.dirname(sys.executable), "torchrun"), "--standalone", "--nproc_per_node=2",
+                        str(script), str(out), os.path.dirname(os.path.abspath(__file__))],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr[-4000:]
+    runs = {r["rank"]: r for r in (json.loads(ln[4:]) for ln in p.stdout.splitlines() if ln.startswith("RUN "))}
+    assert sorted(runs) == [0, 1] and all(r["run_dir"] for r in runs.values())
+    infos = [json.load(open(os.path.join(runs[r]["run_dir"], "run.json"))) for r in (0, 1)]
+    assert [i["distributed"]["owned_gpus"] for i in infos] == [["GPU-e0000000-0000-0000-0000-000000000000"],
+                                                               ["GPU-e0000000-0000-0000-0000-000000000001"]]
+    job = json.load(open(out / "meter-runs" / "job-ddp.json"))
+    assert job["missing_ranks"] == [] and job["world_size"] == 2
+    train = job["stages"]["train"]
+    assert train["samples"] == 24 * 2  # dataset size x epochs, each rank counted its own shard
+    df = meter.load(out / "meter-runs")
+    gpu = df[df["name"] == "train"].groupby("rank")["gpu_energy_j"].sum()
+    dur = df[df["name"] == "train"].groupby("rank")["duration_s"].sum()
+    # constant power: each GPU's energy is its power x its rank's train time (mJ counter)
+    assert gpu[0] == pytest.approx(100 * dur[0], rel=0.02) and gpu[1] == pytest.approx(200 * dur[1], rel=0.02)
+    assert train["gpu_energy_j"] == pytest.approx(gpu[0] + gpu[1], rel=1e-9)
+    assert {d["uuid"]: d["ranks"] for d in job["devices"].values() if d.get("uuid")} == {
+        "GPU-e0000000-0000-0000-0000-000000000000": [0], "GPU-e0000000-0000-0000-0000-000000000001": [1]}
+    assert runs[1]["cards"] == [] and runs[0]["cards"]
+    # logged figures on the main process are the job's: both GPUs' power (100 + 200 W, plus a RAM
+    # estimate under 1 W), samples of both shards
+    logs = runs[0]["logs"]
+    assert logs and all(h["meter_ranks"] == 2 for h in logs)
+    assert logs[-1]["power_w"] == pytest.approx(300.0, rel=0.03)
+    card = json.load(open(out / "efficiency_card.json"))
+    assert len(card["runs"]) == 1 and card["runs"][0]["world_size"] == 2
+    assert [r["rank"] for r in card["runs"][0]["ranks"]] == [0, 1]
+    top = {s["path"]: s for s in card["runs"][0]["stages"]}
+    assert top["train"]["samples"] == 48
+    assert top["train"]["components"]["gpu"]["energy_j"] == pytest.approx(gpu[0] + gpu[1], rel=1e-6)

@@ -221,6 +221,85 @@ def _clock_notes(info: dict) -> list[str]:
             "from the start (durations are unaffected)"]
 
 
+_SUM = ("energy_j", "measured_energy_j", "estimated_energy_j", "facility_energy_j", "emissions_g",
+        "gpu_energy_j", "cpu_energy_j", "dram_energy_j", *COUNTS)
+
+
+def _merge_rows(per_rank: list[tuple[int, list[dict]]]) -> list[dict]:
+    """One row per stage of the job: the same stage (path and occurrence) of every rank added up
+    (energies, emissions and counts; each rank measured other devices and counted its own shard),
+    its duration the slowest rank's, its times the earliest start and latest end."""
+    merged: dict[tuple, dict] = {}
+    order: list[tuple] = []
+    for _rank, rows in per_rank:
+        seen: dict[str, int] = {}
+        key_of: dict = {}
+        for r in sorted(rows, key=lambda r: (r.get("start_utc") or "", r["span_id"])):
+            n = seen.get(r["path"], 0)
+            seen[r["path"]] = n + 1
+            key = (r["path"], n)
+            key_of[r["span_id"]] = key
+            m = merged.get(key)
+            if m is None:
+                m = dict(r)
+                m["_parent_key"] = key_of.get(_num(r.get("parent_id")))
+                m["span_id"] = len(order)
+                merged[key] = m
+                order.append(key)
+                continue
+            for c in _SUM:
+                a, b = _num(m.get(c)), _num(r.get(c))
+                m[c] = None if a is None and b is None else (a or 0.0) + (b or 0.0)
+            m["duration_s"] = max(_num(m.get("duration_s")) or 0.0, _num(r.get("duration_s")) or 0.0)
+            if r.get("start_utc") and (not m.get("start_utc") or r["start_utc"] < m["start_utc"]):
+                m["start_utc"] = r["start_utc"]
+            if r.get("end_utc") and (not m.get("end_utc") or r["end_utc"] > m["end_utc"]):
+                m["end_utc"] = r["end_utc"]
+            if r.get("status") != "complete":
+                m["status"] = r.get("status")
+    out = []
+    for key in order:
+        m = merged[key]
+        pk = m.pop("_parent_key")
+        m["parent_id"] = merged[pk]["span_id"] if pk in merged else None
+        d, e = _num(m.get("duration_s")), _num(m.get("energy_j"))
+        m["avg_power_w"] = e / d if e is not None and d else m.get("avg_power_w")
+        out.append(m)
+    return out
+
+
+def _job(members: list[tuple[dict, list[dict]]], paths) -> dict[str, Any]:
+    """A multi-rank job as one entry of ``runs``: the stages added up over its ranks, with
+    ``world_size``, a ``ranks`` list (each rank's own card entry) and the job record (totals per
+    node and per device, missing ranks, stage mismatch) built from the run logs on disk."""
+    from ..jobrecord import job_from_runs
+    from ..runread import read_run
+
+    members = sorted(members, key=lambda m: (m[0].get("distributed") or {}).get("rank", 0))
+    ranks = []
+    for info, rows in members:
+        r = _run(info, rows)
+        d = info.get("distributed") or {}
+        r.update({"rank": d.get("rank", 0), "node": d.get("node"), "host": d.get("host"),
+                  "owned_gpus": d.get("owned_gpus"), "owns_host_sensors": d.get("owns_host_sensors")})
+        ranks.append(r)
+    first = members[0][0]
+    dist = first.get("distributed") or {}
+    job = _run({**first, "run_id": f"job-{dist.get('job_id')}",
+                "started_utc": min((i.get("started_utc") for i, _ in members if i.get("started_utc")), default=None),
+                "ended_utc": max((i.get("ended_utc") for i, _ in members if i.get("ended_utc")), default=None),
+                "notes": sorted({n for i, _ in members for n in i.get("notes") or []}),
+                "channels": [dict(c, rank=(i.get("distributed") or {}).get("rank")) for i, _ in members for c in i.get("channels") or []]},
+               _merge_rows([((i.get("distributed") or {}).get("rank", 0), rows) for i, rows in members]))
+    record = job_from_runs([read_run(i["run_dir"]) for i, _ in members if i.get("run_dir")]) \
+        if all(i.get("run_dir") for i, _ in members) else None
+    job.update({"job_id": dist.get("job_id"), "world_size": dist.get("world_size"), "ranks": ranks,
+                "job": {k: record[k] for k in ("ranks_reported", "missing_ranks", "nodes", "devices",
+                                               "devices_measured_twice", "stage_mismatch", "ownership_fallbacks")}
+                if record else None})
+    return job
+
+
 def build(paths, *, live: bool = True, session: Any = None, df=None, metric: str | None = None,
           baseline: str | None = None, maximize: bool = True) -> dict[str, Any]:
     """The card for the runs under ``paths``: the first run is the *final model*; all of them
@@ -234,11 +313,21 @@ def build(paths, *, live: bool = True, session: Any = None, df=None, metric: str
     runs = []
     infos = df.attrs.get("runs", [])
     records = df.to_dict("records")
+    jobs: dict[tuple, list] = {}
     for info in infos:
         # by directory: copies of a run share its run_id, and their spans must not mix
         rows = [r for r in records if r.get("run_dir") == info.get("run_dir")] if "run_dir" in info else \
             [r for r in records if r.get("run_id") == info.get("run_id")]
-        runs.append(_run(info, rows))
+        dist = info.get("distributed") or {}
+        if dist.get("job_id") and (dist.get("world_size") or 1) > 1:
+            key = (dist["job_id"], dist.get("launch_id") or "")
+            if key not in jobs:
+                jobs[key] = []
+                runs.append(key)  # the job's place among the runs: where its first rank is
+            jobs[key].append((info, rows))
+        else:
+            runs.append(_run(info, rows))
+    runs = [_job(jobs[r], paths) if isinstance(r, tuple) else r for r in runs]
     all_exp = {
         "runs": len(runs),
         "wall_time_s": sum(r["totals"]["wall_time_s"] or r["totals"]["stage_time_s"] for r in runs),

@@ -168,7 +168,9 @@ def run_markdown(card: dict, run: dict, *, level: int = 1) -> list[str]:
         ["Emissions", f"{fmt(t['emissions_g'])} gCO2eq"],
         ["Time", f"{fmt(t['stage_time_s'])} s in top-level stages; {fmt(t['wall_time_s'])} s wall"],
     ])
-    out += ["", f"{h}# Stages", ""]
+    if run.get("world_size"):
+        out += job_markdown(run, h)
+    out += ["", f"{h}# Stages" + (" (all ranks)" if run.get("world_size") else ""), ""]
     out += md_table(stage_head(run), stage_rows(run))
     out += ["", LEGEND, "Energy is inclusive of nested stages; J/sample, J/1k tokens and FLOP/J use the stage's own "
             "energy (nested stages of another kind, such as evaluation inside an epoch, excluded).", ""]
@@ -182,6 +184,43 @@ def run_markdown(card: dict, run: dict, *, level: int = 1) -> list[str]:
         out += [f"- sensor fault: {md(f.get('key'))}: {md(f.get('reason'))}" for f in run["faults"]]
         out += [f"- {md_line(w)}" for w in warnings]
     out.append("")
+    return out
+
+
+def job_markdown(run: dict, h: str) -> list[str]:
+    """A job's sections: ranks, energy per node and per device, stage mismatch, then per rank."""
+    job = run.get("job") or {}
+    unit = run_unit(run)
+    missing = job.get("missing_ranks") or []
+    out = ["", f"{h}# Job {md_code(run.get('job_id'))}: {run['world_size']} ranks", "",
+           f"Ranks with a run log: {', '.join(str(r['rank']) for r in run['ranks'])}"
+           + (f"; missing: {', '.join(map(str, missing))} (their energy is not in the totals)" if missing else "") + ".", ""]
+    if job.get("nodes"):
+        out += [f"{h}## Per node", ""]
+        out += md_table(["node", "hosts", "ranks", f"energy ({unit[0]})", "host sensors read by"],
+                        [[md(n), md(", ".join(v["hosts"])), ", ".join(map(str, v["ranks"])), in_unit(v["energy_j"], unit),
+                          "-" if v["host_sensors_rank"] is None else f"rank {v['host_sensors_rank']}"]
+                         for n, v in job["nodes"].items()])
+        out.append("")
+    if job.get("devices"):
+        out += [f"{h}## Per device", ""]
+        out += md_table(["device", "node", "measured by", f"energy ({unit[0]})", "provenance"],
+                        [[md(d.get("uuid") or d.get("label") or k), md(d.get("node")), ", ".join(f"rank {r}" for r in d["ranks"]),
+                          in_unit(d["energy_j"], unit), md(d.get("provenance"))] for k, d in job["devices"].items()])
+        out.append("")
+    mm = job.get("stage_mismatch") or {}
+    for path, rs in (mm.get("stages_not_on_every_rank") or {}).items():
+        out.append(f"- stage {md_code(path)} ran on rank(s) {', '.join(map(str, rs))} only")
+    for name, where in (mm.get("names_nested_differently") or {}).items():
+        out.append(f"- stage {md_code(name)} is nested differently: "
+                   + "; ".join(f"{md_code(p)} on rank(s) {', '.join(map(str, rs))}" for p, rs in where.items()))
+    for u, rs in (job.get("devices_measured_twice") or {}).items():
+        out.append(f"- {md(u)} was measured by ranks {', '.join(map(str, rs))} (an ownership fallback): counted more than once")
+    out += ["", f"{h}## Per rank", ""] if out[-1] != "" else [f"{h}## Per rank", ""]
+    out += md_table(["rank", "node", "run", f"energy ({unit[0]})", "GPUs measured", "host sensors"],
+                    [[str(r["rank"]), md(r.get("node")), md(r["run_id"]), in_unit(r["totals"]["energy_j"], unit),
+                      md(", ".join(r.get("owned_gpus") or []) or "-"), "yes" if r.get("owns_host_sensors") else "no"]
+                     for r in run["ranks"]])
     return out
 
 

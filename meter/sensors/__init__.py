@@ -28,15 +28,19 @@ def discover(
     pid: int | str | None = None,
     environ: dict[str, str] | None = None,
     host_owner: bool = True,
-    ranks: tuple[int, int] | None = None,
+    owner: Any = None,
 ) -> Discovery:
     """Find every readable sensor. Never raises for hardware trouble: problems become
     :class:`Unavailable` entries. Raises :class:`~meter.errors.ConfigError` only for a bad
     ``gpus`` selection, which is the caller's input.
 
     CPU and DRAM are estimated only when RAPL gives no package counter; the estimate is always
-    labelled ``estimated``. In a distributed job, ``host_owner=False`` (every rank but local rank
-    0) leaves whole-socket RAPL counters to the owner, and ``ranks`` (local rank, local world size) pairs ranks with GPUs.
+    labelled ``estimated``. In a distributed job, ``owner`` (a
+    :class:`meter.distributed.Ownership`) decides with the other ranks which visible GPUs (by
+    UUID) and whether this node's host sensors are this rank's; ``host_owner=False`` alone
+    leaves whole-socket RAPL counters to another process. A rank that does not own the host
+    sensors still estimates the RAM of its own process where no DRAM counter exists, and its CPU
+    time where no package counter exists (each rank's own process tree: they sum correctly).
     """
     from . import nvml as nvml_mod
     from . import rapl as rapl_mod
@@ -45,12 +49,15 @@ def discover(
     if gpus == ():
         found.unavailable.append(Unavailable("nvml", "GPU measurement disabled (gpus='none')", "", "not-needed"))
     else:
-        gpu_sensor, gpu_unavail, gpu_notes = nvml_mod.open_nvml(gpus=gpus, binding=nvml, environ=environ, ranks=ranks)
+        gpu_sensor, gpu_unavail, gpu_notes = nvml_mod.open_nvml(gpus=gpus, binding=nvml, environ=environ, owner=owner)
         if gpu_sensor is not None:
             found.sensors.append(gpu_sensor)
         found.unavailable.extend(gpu_unavail)
         found.notes.extend(gpu_notes)
 
+    if owner is not None:
+        owner.resolve([])  # no GPU seen (or NVML missing): this rank still answers the others
+        host_owner = owner.host_owner
     rapl_sensor, rapl_unavail, rapl_notes = rapl_mod.open_rapl(rapl_root)
     found.unavailable.extend(rapl_unavail)
     found.notes.extend(rapl_notes)
@@ -63,7 +70,9 @@ def discover(
         have_dram = any(c.component == "dram" for c in rapl_sensor.channels)
         rapl_sensor.close()
         rapl_sensor = None
-        found.notes.append("RAPL counters are read by local rank 0 of this node (they cover the whole socket)")
+        who = getattr(owner, "host_owner_rank", None)
+        found.notes.append(f"RAPL counters are read by {'rank ' + str(who) if who is not None else 'local rank 0'}, "
+                           "the lowest rank of this node (they cover the whole socket)")
     if rapl_sensor is not None:
         found.sensors.append(rapl_sensor)
         have_cpu = any(c.component == "cpu" for c in rapl_sensor.channels)

@@ -187,11 +187,12 @@ def _match(entry: str, ordered: list[_Dev], by_mig: dict[str, _Dev]) -> _Dev | N
 
 def open_nvml(
     *, gpus: Any = "visible", binding: Any = None, environ: dict[str, str] | None = None,
-    ranks: tuple[int, int] | None = None,
+    owner: Any = None,
 ) -> tuple["NvmlSensor | None", list[Unavailable], list[str]]:
     """Initialise NVML and select devices. Returns (sensor or None, unavailable, notes).
-    ``ranks`` = (local rank, local world size) in a distributed job: with one visible GPU per
-    local rank each rank keeps its own; otherwise local rank 0 keeps them all."""
+    ``owner`` (a :class:`meter.distributed.Ownership`) in a distributed job: the visible GPUs are
+    resolved with the other ranks by UUID and only those this rank owns are kept (NVML is shut
+    down again when it owns none)."""
     environ = os.environ if environ is None else environ
     notes: list[str] = []
     explicit = gpus not in (None, "visible", "all")
@@ -221,20 +222,19 @@ def open_nvml(
     except ConfigError:
         _shutdown(nv)
         raise
-    handed_off = False
-    if ranks is not None and chosen and gpus in (None, "visible"):
-        local_rank, local_world = ranks
-        if len(chosen) == local_world:
-            chosen = [chosen[local_rank]]
-            notes.append(f"distributed job: local rank {local_rank} measures visible GPU {local_rank} ({chosen[0].uuid})")
-        elif local_rank != 0:
-            chosen, handed_off = [], True
-        else:
-            notes.append(f"distributed job: {len(chosen)} visible GPUs for {local_world} local ranks; local rank 0 measures them all")
+    handed_off: list[str] = []
+    if owner is not None:
+        owner.resolve([d.uuid for d in chosen])
+        handed_off = [d.uuid for d in chosen if not owner.owns_gpu(d.uuid)]
+        if handed_off:
+            chosen = [d for d in chosen if owner.owns_gpu(d.uuid)]
+            notes.append("distributed job: " + ", ".join(
+                f"{u} is measured by rank {owner.gpu_owners.get(u)}" for u in handed_off) + " (the lowest rank that sees it)")
     if not chosen:
         _shutdown(nv)
         if handed_off:
-            return None, [Unavailable("nvml", "GPUs are measured by local rank 0 of this node", "", "not-needed")], notes
+            return None, [Unavailable("nvml", "every GPU this rank sees is measured by a lower rank that sees it too",
+                                      "", "not-needed")], notes
         why = "no NVIDIA GPU found" if not devs else "no GPU is visible to this process"
         hint = "" if not devs else "CUDA_VISIBLE_DEVICES hides them; unset it or name the GPUs"
         return None, [Unavailable("nvml", why, hint, "missing")], notes
