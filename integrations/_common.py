@@ -339,6 +339,10 @@ class Watch:
     forecast, and the budget check. Nested evaluation energy is reported with :meth:`nested`."""
 
     def __init__(self, budget: Budget, forecast_after: float):
+        f = forecast_after
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
+            raise meter.ConfigError(f"forecast_after={f!r}: give the fraction of training steps after which the "
+                                    "whole run is forecast, a number in (0, 1] (default 0.05)")
         self.budget = budget
         self.forecast_after = forecast_after
         self.forecast = Forecast(forecast_after)
@@ -389,3 +393,20 @@ class Watch:
     def log_keys(self) -> dict[str, float]:
         last = self.forecast.last or {}
         return {k: v for k, v in last.items() if not k.startswith("forecast_")}
+
+
+def check_meter_kwargs(given: "meter.Meter | None", kwargs: dict) -> None:
+    """The callbacks' ``**meter_kwargs`` are Meter() arguments: checked now, when the callback is
+    made (not at the first step), with the argument's name and the fix."""
+    from meter import config as config_mod
+    from meter.core import _ARG_NAMES
+
+    for k in kwargs:
+        if k not in _ARG_NAMES:
+            raise meter.ConfigError(f"unknown argument {k!r}{config_mod.suggest(k, _ARG_NAMES)} (arguments other than "
+                                    "the callback's own are passed to meter.Meter)")
+    if given is not None and kwargs:
+        raise meter.ConfigError(f"meter= was given, so {', '.join(sorted(kwargs))} would be ignored; configure that "
+                                "Meter instead, or drop meter=")
+    if kwargs:
+        config_mod.resolve({k: kwargs.get(k) for k in config_mod.DEFAULTS}, kwargs.get("environ"), kwargs.get("pyproject"))

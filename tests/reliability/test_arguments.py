@@ -315,3 +315,30 @@ def test_card_functions_check_their_arguments(tmp_path):
         cards.report([m.run_dir], metric="nope", live=False)
     with pytest.raises(ConfigError, match="nope"):
         cards.report([m.run_dir], baseline="nope", live=False)
+
+
+@pytest.mark.parametrize("kwargs,fix", [
+    ({"forecast_after": "0.05"}, "forecast_after='0.05'"), ({"forecast_after": math.nan}, "in (0, 1]"),
+    ({"forecast_after": -1}, "in (0, 1]"), ({"forecast_after": 2.0}, "in (0, 1]"),
+    ({"interval_s": math.inf}, "interval_s=inf"), ({"bogus": 1}, "unknown argument 'bogus'"),
+    ({"intervall_s": 0.1}, "did you mean interval_s"), ({"carbon": "uk:XYZ"}, "GB-1..GB-17"),
+])
+@pytest.mark.parametrize("which", ["transformers", "lightning"])
+def test_callbacks_check_their_arguments_when_made_not_at_the_first_step(which, kwargs, fix):
+    import importlib
+
+    mod = importlib.import_module(f"meter.integrations.{which}")
+    cls = mod.MeterCallback
+    with pytest.raises(ConfigError) as info:
+        cls(**kwargs)
+    assert fix in str(info.value)
+
+
+def test_a_callback_given_a_meter_refuses_meter_arguments_it_would_ignore(tmp_path):
+    from meter.integrations.transformers import MeterCallback
+
+    m = quiet_meter(tmp_path, write=False)
+    with pytest.raises(ConfigError, match="would be ignored"):
+        MeterCallback(m, region="FR")
+    MeterCallback(m, forecast_after=0.1, budget_kwh=1.0)  # its own arguments are fine
+    m.close()
