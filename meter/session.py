@@ -57,7 +57,7 @@ class Session:
         span.ctx = self.ctx
         odo = self.odometer
         with odo.lock:
-            span._start = odo.read_locked()
+            span._start = odo.read_edge_locked()
             self.recorder.opened(span)
 
     def exit(self, span) -> bool:
@@ -66,7 +66,7 @@ class Session:
         with odo.lock:
             if span._end is not None:
                 return False
-            end = odo.read_locked()
+            end = odo.read_edge_locked()
             peak = self.recorder.closed(span)
             with span._lock:
                 span._peak = peak
@@ -187,7 +187,7 @@ class Session:
         self.sampler.forget_thread()
         import threading
 
-        self.odometer.lock = threading.Lock()
+        self.odometer.lock = threading.RLock()
         if self.writer is not None:
             self.writer.abandon()
             self.writer = None

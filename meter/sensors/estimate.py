@@ -193,6 +193,7 @@ class EstimateSensor:
         self._rss_t = -1e9
         self._rss_w = 0.0
         self._peak_cpu_s = 0.0
+        self._reaped_s = 0.0  # CPU time of reaped children at the last full read
         self.model = model or cpu_model()
         self.w_per_thread, self.power_source, inputs = cpu_power_per_thread(
             self.model, cpu_power_w=cpu_power_w, cpu_tdp_w=cpu_tdp_w, info=None if model is None else {})
@@ -244,7 +245,8 @@ class EstimateSensor:
         if self._pid is None:
             # process_time has ns resolution (os.times ticks every 10 ms); reaped children from os.times.
             t = os.times()
-            return time.process_time() + t.children_user + t.children_system
+            self._reaped_s = t.children_user + t.children_system
+            return time.process_time() + self._reaped_s
         import psutil
 
         if self._pid == "children":
@@ -298,6 +300,21 @@ class EstimateSensor:
         except psutil.Error:
             rss = 0
         return rss / BYTES_PER_GB * RAM_W_PER_GB
+
+    def read_edge(self) -> tuple:
+        """What a span edge reads: this process's CPU time (one clock read; reaped children as of
+        the last tick). RAM, and other processes' trees (psutil), are left to the sampler thread:
+        None, and the edge extends their last reading."""
+        out = []
+        for c in self.channels:
+            if c.component == "cpu" and self._pid is None:
+                secs = time.process_time() + self._reaped_s
+                if secs > self._peak_cpu_s:
+                    self._peak_cpu_s = secs
+                out.append(self._peak_cpu_s * self.w_per_thread)
+            else:
+                out.append(None)
+        return tuple(out)
 
     def read(self) -> tuple:
         out = []

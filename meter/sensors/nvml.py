@@ -298,6 +298,7 @@ class NvmlSensor:
         self._readers = tuple(readers)
         self._power_readers = tuple(self._instant_reader(d) for d in devs)
         self._dead: dict[int, Fault] = {}
+        self._all_counters = all(c.mode == "energy" for c in self.channels)
 
     def _max_power(self, d: _Dev) -> dict:
         try:
@@ -361,28 +362,45 @@ class NvmlSensor:
         return (lambda: mw_to_w(nv.nvmlDeviceGetPowerUsage(h))), POWER_INTEGRATED, f"nvmlDeviceGetPowerUsage; {why}"
 
     def read(self) -> tuple:
-        out = []
-        for i, r in enumerate(self._readers):
-            dead = self._dead.get(i)
-            if dead is not None:
-                out.append(dead)
-                continue
-            try:
-                out.append(r())
-            except Exception as exc:  # noqa: BLE001 - NVML errors become Faults, never raise
-                code = _code(exc)
-                permanent = code in _PERMANENT_CODES
-                fault = Fault(
-                    f"{self.channels[i].key}: {exc}",
-                    "the GPU fell off the bus or needs a reset; see `nvidia-smi` and dmesg"
-                    if permanent
-                    else "a transient NVML error; the next read will try again",
-                    permanent,
-                )
-                if permanent:
-                    self._dead[i] = fault
-                out.append(fault)
-        return tuple(out)
+        return tuple([self._read_index(i) for i in range(len(self._readers))])
+
+    def read_edge(self) -> tuple:
+        """What a span edge reads: the energy counters, one NVML call per device. Power-only
+        channels give None: the sampler thread polls them and the edge extends their last value."""
+        if self._edge_plain:
+            out = []
+            for i, r in enumerate(self._readers):
+                try:
+                    out.append(r())
+                except Exception:  # noqa: BLE001 - read again through the path that makes Faults
+                    out.append(self._read_index(i))
+            return tuple(out)
+        return tuple([None if self.channels[i].mode == "power" else self._read_index(i)
+                      for i in range(len(self._readers))])
+
+    @property
+    def _edge_plain(self) -> bool:
+        return not self._dead and self._all_counters
+
+    def _read_index(self, i: int):
+        dead = self._dead.get(i)
+        if dead is not None:
+            return dead
+        try:
+            return self._readers[i]()
+        except Exception as exc:  # noqa: BLE001 - NVML errors become Faults, never raise
+            code = _code(exc)
+            permanent = code in _PERMANENT_CODES
+            fault = Fault(
+                f"{self.channels[i].key}: {exc}",
+                "the GPU fell off the bus or needs a reset; see `nvidia-smi` and dmesg"
+                if permanent
+                else "a transient NVML error; the next read will try again",
+                permanent,
+            )
+            if permanent:
+                self._dead[i] = fault
+            return fault
 
     def close(self) -> None:
         _shutdown(self._nv)
