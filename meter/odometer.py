@@ -113,7 +113,7 @@ class _Chan:
     """Per-channel state of one odometer."""
 
     __slots__ = ("raw", "odo", "power", "seen_t", "last_t", "before_t", "changes", "alive", "learner", "grid",
-                 "pint", "declared", "wrap", "is_energy", "learns", "max_w", "suspect", "suspect_t")
+                 "pint", "declared", "wrap", "is_energy", "learns", "max_w", "suspect", "suspect_t", "frozen_s")
 
     def __init__(self, ch: Channel):
         self.raw = None
@@ -136,6 +136,7 @@ class _Chan:
         self.max_w = ch.details.get("max_power_w")  # None: no plausibility bound (estimates, fakes)
         self.suspect: float | None = None  # an implausible reading, kept to see if the next agrees
         self.suspect_t = 0.0
+        self.frozen_s = float("inf")  # flat this long while drawing power: frozen (see Odometer._set_periods)
 
     def bound_j(self, dt: float) -> float:
         """The most energy the device can plausibly use in ``dt`` seconds between reads."""
@@ -196,7 +197,7 @@ class Odometer:
                     if c.learns:
                         c.grid, c.pint = UpdateGrid(), PowerIntegral(PINT_HISTORY)
                         self._aux.setdefault(si, []).append(self._starts[si] + k)
-        self._periods = tuple(c.period_s for c in self._c)
+        self._set_periods()
         # What a span edge reads on the user's thread: each sensor's ``read_edge`` (its counters;
         # None for a channel it leaves to the sampler thread), else its ``read``.
         self._edge = tuple((self._starts[si], getattr(s, "read_edge", s.read), s) for si, s in enumerate(self._sensors))
@@ -405,7 +406,7 @@ class Odometer:
             flat = t - c.seen_t
             if c.learns and c.power > 0:
                 c.learner.unchanged(flat)
-            if c.pint is not None and c.power > IDLE_W and flat > max(FROZEN_MIN_S, FROZEN_PERIODS * c.period_s):
+            if flat > c.frozen_s and c.power > IDLE_W:
                 self._fault(t, wall, i, Fault(
                     f"{self.channels[i].key}: energy counter stopped moving while the device draws power; "
                     "energy after that point is missing", "check the driver (`nvidia-smi -q -d POWER`)"))
@@ -427,12 +428,12 @@ class Odometer:
         c.odo += delta
         if c.learns:
             if c.learner.changed():
-                self._periods = tuple(x.period_s for x in self._c)
+                self._set_periods()
                 self._learned(i, c)
             elif c.learner.known:
                 p = c.learner.period_s
                 if p != self._periods[i]:
-                    self._periods = tuple(x.period_s for x in self._c)
+                    self._set_periods()
             if c.grid is not None:
                 c.grid.observe(last_t, t, c.period_s)
             c.before_t = last_t
@@ -458,6 +459,11 @@ class Odometer:
         self._fault(t, wall, i, Fault(f"{key}: energy counter {why}; that reading counts 0 J",
                                       f"first seen: {prev!r} -> {v!r}"))
 
+    def _set_periods(self) -> None:
+        self._periods = tuple(c.period_s for c in self._c)
+        for c in self._c:
+            c.frozen_s = max(FROZEN_MIN_S, FROZEN_PERIODS * c.period_s) if c.pint is not None else float("inf")
+
     def _learned(self, i: int, c: _Chan) -> None:
         """The period became known: a counter that turned out continuous needs no instant power."""
         if c.period_s >= AUX_POWER_MIN_PERIOD_S or c.pint is None:
@@ -467,6 +473,7 @@ class Odometer:
             if i in idx:
                 idx.remove(i)
         self._aux = {k: v for k, v in self._aux.items() if v}
+        self._set_periods()
 
     def _read_aux(self, t: float) -> None:
         """Instantaneous power of coarse counters replaces the rate derived from the counter and

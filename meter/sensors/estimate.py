@@ -193,7 +193,6 @@ class EstimateSensor:
         self._rss_t = -1e9
         self._rss_w = 0.0
         self._peak_cpu_s = 0.0
-        self._reaped_s = 0.0  # CPU time of reaped children at the last full read
         self.model = model or cpu_model()
         self.w_per_thread, self.power_source, inputs = cpu_power_per_thread(
             self.model, cpu_power_w=cpu_power_w, cpu_tdp_w=cpu_tdp_w, info=None if model is None else {})
@@ -235,6 +234,7 @@ class EstimateSensor:
             readers.append(self._ram_w)
         self.channels = tuple(channels)
         self._readers = tuple(readers)
+        self._nothing = (None,) * len(self.channels)
 
     def assumptions_text(self, component: str) -> str:
         if component == "cpu":
@@ -245,8 +245,7 @@ class EstimateSensor:
         if self._pid is None:
             # process_time has ns resolution (os.times ticks every 10 ms); reaped children from os.times.
             t = os.times()
-            self._reaped_s = t.children_user + t.children_system
-            return time.process_time() + self._reaped_s
+            return time.process_time() + t.children_user + t.children_system
         import psutil
 
         if self._pid == "children":
@@ -302,19 +301,10 @@ class EstimateSensor:
         return rss / BYTES_PER_GB * RAM_W_PER_GB
 
     def read_edge(self) -> tuple:
-        """What a span edge reads: this process's CPU time (one clock read; reaped children as of
-        the last tick). RAM, and other processes' trees (psutil), are left to the sampler thread:
-        None, and the edge extends their last reading."""
-        out = []
-        for c in self.channels:
-            if c.component == "cpu" and self._pid is None:
-                secs = time.process_time() + self._reaped_s
-                if secs > self._peak_cpu_s:
-                    self._peak_cpu_s = secs
-                out.append(self._peak_cpu_s * self.w_per_thread)
-            else:
-                out.append(None)
-        return tuple(out)
+        """Nothing: a span edge extends both estimates from the sampler thread's last reading
+        at their last rate (an estimate is a model; reading CPU time and resident memory at every
+        edge would cost the user's loop more than it changes the figure)."""
+        return self._nothing
 
     def read(self) -> tuple:
         out = []
