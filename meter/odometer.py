@@ -197,10 +197,15 @@ class Odometer:
                     if c.learns:
                         c.grid, c.pint = UpdateGrid(), PowerIntegral(PINT_HISTORY)
                         self._aux.setdefault(si, []).append(self._starts[si] + k)
+        self._aux_list = [i for idx in self._aux.values() for i in idx]
         self._set_periods()
         # What a span edge reads on the user's thread: each sensor's ``read_edge`` (its counters;
         # None for a channel it leaves to the sampler thread), else its ``read``.
-        self._edge = tuple((self._starts[si], getattr(s, "read_edge", s.read), s) for si, s in enumerate(self._sensors))
+        # A sensor with ``reads_at_edges = False`` is not called at all: its channels are extended.
+        self._edge = tuple((self._starts[si], getattr(s, "read_edge", s.read), s) for si, s in enumerate(self._sensors)
+                           if getattr(s, "reads_at_edges", True))
+        self._edge_skipped = tuple(self._starts[si] + k for si, s in enumerate(self._sensors)
+                                   if not getattr(s, "reads_at_edges", True) for k in range(len(s.channels)))
         self._pending: list[Snapshot] = []  # edge snapshots whose lag_j/pint_j wait for a poll
         self.faults: list[FaultRecord] = []
         self._fault_keys: set[tuple[str, str]] = set()
@@ -267,26 +272,38 @@ class Odometer:
         from the polls around this moment (:meth:`resolve_pending`)."""
         t = self.clock.monotonic()
         wall = self.clock.wall()
-        skipped = None
+        c = self._c
+        skipped = self._edge_skipped
         for base, reader, s in self._edge:
             try:
                 values = reader()
             except Exception as exc:  # noqa: BLE001 - a broken sensor must not break training
                 values = (Fault(f"{s.name} sensor raised {type(exc).__name__}: {exc}"),) * len(s.channels)
-            self._update(t, wall, values, base)
-            if None in values:
-                skipped = (skipped or []) + [base + k for k, v in enumerate(values) if v is None]
-        c = self._c
+            k = base
+            for v in values:
+                x = c[k]
+                if v is None:
+                    skipped = skipped + (k,)
+                elif v.__class__ is float and v == x.raw and x.alive and t - x.seen_t <= x.frozen_s:
+                    # The common case at an edge: a coarse counter that has not moved since.
+                    x.last_t = t
+                    if x.learns and x.power > 0:
+                        x.learner.unchanged(t - x.seen_t)
+                else:
+                    self._update(t, wall, (v,), k)
+                k += 1
         energy = [x.odo for x in c]
-        if skipped:
-            for i in skipped:  # not read now: extended from its last reading at its last power
-                x = c[i]
-                if x.raw is not None and x.alive:
-                    energy[i] += x.power * max(0.0, t - (x.last_t if x.is_energy else x.seen_t))
+        for i in skipped:  # not read now: extended from its last reading at its last power
+            x = c[i]
+            if x.raw is not None and x.alive:
+                energy[i] += x.power * max(0.0, t - (x.last_t if x.is_energy else x.seen_t))
         snap = Snapshot(t, wall, tuple(energy), tuple([x.power for x in c]), len(self.faults), None, None,
                         self._periods)
         if self._aux:
-            snap._ages = tuple([x.age_s(t) if x.pint is not None else None for x in c])
+            ages = [None] * len(c)
+            for i in self._aux_list:
+                ages[i] = c[i].age_s(t)
+            snap._ages = tuple(ages)
             snap._odo = self
             self._pending.append(snap)
         return snap
@@ -473,6 +490,7 @@ class Odometer:
             if i in idx:
                 idx.remove(i)
         self._aux = {k: v for k, v in self._aux.items() if v}
+        self._aux_list = [i for idx in self._aux.values() for i in idx]
         self._set_periods()
 
     def _read_aux(self, t: float) -> None:

@@ -185,6 +185,10 @@ class EstimateSensor:
     """
 
     name = "estimate"
+    #: A span edge does not read the estimates: it extends both from the sampler thread's last
+    #: reading at their last rate (an estimate is a model; reading CPU time and resident memory
+    #: at every edge would cost the user's loop more than it changes the figure).
+    reads_at_edges = False
 
     def __init__(self, *, cpu: bool = True, ram: bool = True, cpu_tdp_w: float | None = None,
                  cpu_power_w: float | None = None, pid: int | str | None = None, model: str | None = None):
@@ -234,7 +238,6 @@ class EstimateSensor:
             readers.append(self._ram_w)
         self.channels = tuple(channels)
         self._readers = tuple(readers)
-        self._nothing = (None,) * len(self.channels)
 
     def assumptions_text(self, component: str) -> str:
         if component == "cpu":
@@ -299,12 +302,6 @@ class EstimateSensor:
         except psutil.Error:
             rss = 0
         return rss / BYTES_PER_GB * RAM_W_PER_GB
-
-    def read_edge(self) -> tuple:
-        """Nothing: a span edge extends both estimates from the sampler thread's last reading
-        at their last rate (an estimate is a model; reading CPU time and resident memory at every
-        edge would cost the user's loop more than it changes the figure)."""
-        return self._nothing
 
     def read(self) -> tuple:
         out = []
