@@ -58,6 +58,7 @@ class UpdateGrid:
         self.pins = 0  # grid points pinned so far (the deque keeps only the last ``keep``)
         self.period: float | None = None
         self.anchor: float | None = None
+        self.ready = False  # enough points, over a long enough baseline, for the period to be trusted
 
     def observe(self, t_prev: float, t: float, period_hint: float) -> bool:
         """A change seen at ``t`` whose previous read (old value) was at ``t_prev``. Returns
@@ -77,14 +78,10 @@ class UpdateGrid:
             if var > 0:
                 self.period = sum((k - km) * (u - um) for k, u in zip(ks, self.points, strict=True)) / var
         self.anchor = self.points[-1]
+        # Enough points, over a long enough baseline, for the period to be trusted.
+        self.ready = (self.period is not None and len(self.points) >= 4
+                      and self.points[-1] - self.points[0] >= 5 * self.period)
         return True
-
-    @property
-    def ready(self) -> bool:
-        """Enough points, over a long enough baseline, for the period to be trusted."""
-        if self.period is None or len(self.points) < 4:
-            return False
-        return self.points[-1] - self.points[0] >= 5 * self.period
 
     def age(self, t: float) -> float:
         """Seconds since the last update at or before ``t``."""

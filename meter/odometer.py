@@ -173,6 +173,7 @@ class Odometer:
         # Re-entrant: a snapshot resolved lazily (Snapshot.lag_j) takes it again if its reader holds it.
         self.lock = threading.RLock()
         self.clock = clock
+        self._monotonic, self._wall = clock.monotonic, clock.wall
         self._sensors = tuple(sensors)
         chans: list[Channel] = []
         starts = []
@@ -270,8 +271,8 @@ class Odometer:
         sampler thread (power polls, estimates) are extended from their last reading at their
         last power; the instantaneous-power integral and coarse counters' lags are resolved later
         from the polls around this moment (:meth:`resolve_pending`)."""
-        t = self.clock.monotonic()
-        wall = self.clock.wall()
+        t = self._monotonic()
+        wall = self._wall()
         c = self._c
         skipped = self._edge_skipped
         for base, reader, s in self._edge:
@@ -302,7 +303,9 @@ class Odometer:
         if self._aux:
             ages = [None] * len(c)
             for i in self._aux_list:
-                ages[i] = c[i].age_s(t)
+                x = c[i]
+                if x.grid is not None and x.grid.ready:
+                    ages[i] = x.age_s(t)
             snap._ages = tuple(ages)
             snap._odo = self
             self._pending.append(snap)

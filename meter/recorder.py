@@ -78,8 +78,11 @@ class Recorder:
         return list(self._open.values())
 
     # -- any thread ----------------------------------------------------------------------------
-    def queue(self, span) -> None:
-        self._closed.append((span, time.monotonic()))
+    def queue(self, span) -> deque:
+        """Queue a closed span for writing; returns the queue (its length is the backlog)."""
+        q = self._closed
+        q.append((span, time.monotonic()))
+        return q
 
     def backlog_age_s(self) -> float:
         """How long the oldest closed span not yet on disk has waited (0 when none)."""

@@ -55,6 +55,7 @@ class Sampler:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
+        self._slow = False  # sleeping until the next tick, without polling power in between
         self.ticks = 0
         self.tick_errors = 0
         self.first_error: str | None = None
@@ -86,6 +87,14 @@ class Sampler:
             return True
         with self._cv:
             return self._cv.wait_for(lambda: self._done >= target or not self.running, timeout) and self._done >= target
+
+    def poke(self) -> None:
+        """A span edge happened: if the thread is sleeping until its next tick, wake it for a
+        power poll now (the edge is resolved against it) and the fast polling that follows
+        edges. Costs one attribute read when the thread already polls fast."""
+        if self._slow:
+            self._slow = False
+            self._wake.set()
 
     def stop(self, timeout: float = 5.0) -> bool:
         """Stop after one final tick. True when the thread ended within ``timeout``."""
@@ -158,12 +167,17 @@ class Sampler:
                 else:
                     fast = None
                 remaining = max(0.0, next_full - now)
+                self._slow = fast is None
                 woke = self._wake.wait(remaining if fast is None else min(fast, remaining))
+                self._slow = False
                 if self._stopping:
                     break
                 if woke:
                     self._wake.clear()
-                    self._serve()
+                    if self._requested > self._done:
+                        self._serve()
+                    elif odo.has_fast:
+                        odo.read_fast()  # poked by a span edge
                     continue
                 now = time.monotonic()
                 if now >= next_full:

@@ -51,6 +51,8 @@ class Session:
                                active=lambda: self.recorder.active(ACTIVE_S))
         self.last = odometer.read()
         self.dropped_records = 0
+        self._half_interval = 0.5 * interval_s
+        self._poke = self.sampler.poke if odometer.has_fast else None
 
     # -- span boundaries (user threads) --------------------------------------------------------
     def enter(self, span) -> None:
@@ -59,6 +61,8 @@ class Session:
         with odo.lock:
             span._start = odo.read_edge_locked()
             self.recorder.opened(span)
+        if self._poke is not None:
+            self._poke()
 
     def exit(self, span) -> bool:
         """Close ``span`` with a read now. False if it was already closed (by ``close``)."""
@@ -72,9 +76,11 @@ class Session:
                 span._peak = peak
                 span._end = end
         rec = self.recorder
-        rec.queue(span)
-        if rec.backlog > BACKLOG_MAX_SPANS or rec.backlog_age_s() > 0.5 * self.interval_s:
+        q = rec.queue(span)
+        if len(q) > BACKLOG_MAX_SPANS or rec.backlog_age_s() > self._half_interval:
             self.sampler.request_tick(wait=True, timeout=BACKPRESSURE_WAIT_S)
+        if self._poke is not None:
+            self._poke()
         return True
 
     def snapshot(self, span):
