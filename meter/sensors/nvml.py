@@ -16,7 +16,7 @@ import sys
 from typing import Any, Sequence
 
 from ..errors import ConfigError
-from ..units import mj_to_j, mw_to_w
+from ..units import MJ_PER_J, mj_to_j, mw_to_w
 from .base import COUNTER, POWER_INTEGRATED, Channel, Fault, Unavailable
 
 FI_DEV_POWER_INSTANT = 186
@@ -298,7 +298,10 @@ class NvmlSensor:
         self._readers = tuple(readers)
         self._power_readers = tuple(self._instant_reader(d) for d in devs)
         self._dead: dict[int, Fault] = {}
-        self._all_counters = all(c.mode == "energy" for c in self.channels)
+        # Every channel an energy counter and no device lost: an edge is one call per device.
+        self._edge_plain = all(c.mode == "energy" for c in self.channels)
+        self._energy_fn = getattr(nv, "nvmlDeviceGetTotalEnergyConsumption", None)
+        self._handles = tuple(d.handle for d in devs)
 
     def _max_power(self, d: _Dev) -> dict:
         try:
@@ -368,19 +371,13 @@ class NvmlSensor:
         """What a span edge reads: the energy counters, one NVML call per device. Power-only
         channels give None: the sampler thread polls them and the edge extends their last value."""
         if self._edge_plain:
-            out = []
-            for i, r in enumerate(self._readers):
-                try:
-                    out.append(r())
-                except Exception:  # noqa: BLE001 - read again through the path that makes Faults
-                    out.append(self._read_index(i))
-            return tuple(out)
+            get = self._energy_fn
+            try:
+                return tuple([get(h) / MJ_PER_J for h in self._handles])
+            except Exception:  # noqa: BLE001 - read again through the path that turns errors into Faults
+                return self.read()
         return tuple([None if self.channels[i].mode == "power" else self._read_index(i)
                       for i in range(len(self._readers))])
-
-    @property
-    def _edge_plain(self) -> bool:
-        return not self._dead and self._all_counters
 
     def _read_index(self, i: int):
         dead = self._dead.get(i)
@@ -400,6 +397,7 @@ class NvmlSensor:
             )
             if permanent:
                 self._dead[i] = fault
+                self._edge_plain = False
             return fault
 
     def close(self) -> None:
