@@ -29,7 +29,6 @@ class Recorder:
 
     # -- under the odometer lock ---------------------------------------------------------------
     def opened(self, span) -> None:
-        span._peak = {}
         self._open[span.span_id] = span
         self.dirty = True
         self.last_edge = time.monotonic()
@@ -39,7 +38,7 @@ class Recorder:
         self._open.pop(span.span_id, None)
         self.dirty = True
         self.last_edge = time.monotonic()
-        return dict(span._peak)
+        return span._peak  # no tick raises it any more: it is out of the open set
 
     def observe(self, snap) -> None:
         """A tick's snapshot: raise the peak power of every span open at its moment."""

@@ -71,9 +71,8 @@ class Session:
             if span._end is not None:
                 return False
             end = odo.read_edge_locked()
-            peak = self.recorder.closed(span)
+            self.recorder.closed(span)  # its peak is final from here
             with span._lock:
-                span._peak = peak
                 span._end = end
         rec = self.recorder
         q = rec.queue(span)

@@ -249,6 +249,26 @@ def _shutdown(nv: Any) -> None:
         pass
 
 
+def _raw_energy_call(nv: Any, handles: tuple) -> tuple | None:
+    """pynvml's C function for the energy counter, with one result buffer per device, checked
+    once against the public call; None for other bindings (FakeNVML) or on any doubt."""
+    get_fn = getattr(nv, "_nvmlGetFunctionPointer", None)
+    if get_fn is None:
+        return None
+    try:
+        import ctypes
+
+        fn = get_fn("nvmlDeviceGetTotalEnergyConsumption")
+        bufs = tuple(ctypes.c_uint64() for _ in handles)
+        pairs = tuple((h, ctypes.byref(b)) for h, b in zip(handles, bufs, strict=True))
+        for (h, ref), b in zip(pairs, bufs, strict=True):
+            if fn(h, ref) != 0 or b.value > nv.nvmlDeviceGetTotalEnergyConsumption(h):
+                return None
+        return fn, pairs, bufs
+    except Exception:  # noqa: BLE001 - the public call stays in use
+        return None
+
+
 def _field_value(v: Any) -> float:
     vt = int(v.valueType)
     val = v.value
@@ -302,6 +322,7 @@ class NvmlSensor:
         self._edge_plain = all(c.mode == "energy" for c in self.channels)
         self._energy_fn = getattr(nv, "nvmlDeviceGetTotalEnergyConsumption", None)
         self._handles = tuple(d.handle for d in devs)
+        self._raw = _raw_energy_call(nv, self._handles) if self._edge_plain else None
 
     def _max_power(self, d: _Dev) -> dict:
         try:
@@ -371,6 +392,16 @@ class NvmlSensor:
         """What a span edge reads: the energy counters, one NVML call per device. Power-only
         channels give None: the sampler thread polls them and the edge extends their last value."""
         if self._edge_plain:
+            raw = self._raw
+            if raw is not None:
+                # The library's own function, called with buffers made once: the same C call as
+                # pynvml's wrapper without its per-call lookup, allocation and checks. Any
+                # return code but success is read again through the path that makes Faults.
+                fn, pairs, bufs = raw
+                for h, ref in pairs:
+                    if fn(h, ref):
+                        return self.read()
+                return tuple([b.value / MJ_PER_J for b in bufs])
             get = self._energy_fn
             try:
                 return tuple([get(h) / MJ_PER_J for h in self._handles])
