@@ -70,3 +70,32 @@ def test_truth_closed_form_matches_a_numeric_integral():
 
     numeric = sum(p(t0 + (i + 0.5) * dt) for i in range(n)) * dt
     assert fake_nvml.true_energy_j(dev, t0, t1) == pytest.approx(numeric, rel=1e-4)
+
+
+EDGE_CHILD = r"""
+import json, time
+import pynvml
+from meter.sensors.nvml import open_nvml
+sensor, _, _ = open_nvml(gpus="all")
+out = {"direct": sensor._raw is not None, "ordered": []}
+for _ in range(200):
+    a = sensor.read()
+    b = sensor.read_edge()
+    c = sensor.read()
+    out["ordered"].append(all(x <= y <= z for x, y, z in zip(a, b, c)) and len(b) == 2)
+out["types"] = [type(v).__name__ for v in sensor.read_edge()]
+sensor.close()
+print(json.dumps(out))
+"""
+
+
+def test_span_edges_read_the_counters_with_the_librarys_own_call(lib):
+    # A span edge calls libnvidia-ml's energy function directly (buffers made once, checked against
+    # pynvml's public call at start); its values sit between public reads made just before and after.
+    env = {**os.environ, **fake_nvml.env(lib, DEVICES)}
+    p = subprocess.run([sys.executable, "-c", EDGE_CHILD], capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert out["direct"] is True
+    assert all(out["ordered"])
+    assert out["types"] == ["float", "float"]
