@@ -242,6 +242,19 @@ class Odometer:
     def period_s(self, i: int) -> float:
         return self._c[i].period_s
 
+    def next_update(self, after: float) -> float | None:
+        """The earliest update at or after ``after`` that the learned grids predict (re-pinning
+        reads only around it), or None without a ready grid."""
+        best = None
+        for c in self._c:
+            g = c.grid
+            if g is not None and g.ready and c.alive:
+                k = -((g.anchor - after) // g.period)  # ceil((after - anchor) / period)
+                u = g.anchor + k * g.period
+                if best is None or u < best:
+                    best = u
+        return best
+
     # -- reading ---------------------------------------------------------------------------
     def read(self) -> Snapshot:
         with self.lock:

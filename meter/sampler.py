@@ -33,8 +33,14 @@ PROBE_S = 1.5
 PROBE_INTERVAL_S = 0.001
 PROBE_IDLE_S = 0.3
 #: Coarse counters' update grids are re-pinned (1 ms reads until each shows one update) after
-#: 2 s, then 4, 8, ... up to every REANCHOR_S, so that drift in the learned period never builds up.
+#: 2 s, then 4, 8, ... up to every REANCHOR_S, so that drift in the learned period never builds up;
+#: only while spans come and go (the grid changes no answer otherwise: a re-pin that falls due
+#: meanwhile runs at the next span edge). The 1 ms reads are made only within REPIN_WINDOW_S of
+#: the update the grid predicts (the window doubling at each update missed), for up to
+#: REPIN_PERIODS update periods.
 REANCHOR_S = 30.0
+REPIN_WINDOW_S = 0.004
+REPIN_PERIODS = 8
 
 
 class Sampler:
@@ -57,6 +63,8 @@ class Sampler:
         self._pid = os.getpid()
         self._slow = False  # sleeping until the next tick, without polling power in between
         self.ticks = 0
+        self.repins = 0  # re-pin bursts that pinned every grid again
+        self.burst_reads = 0  # 1 ms reads made by re-pin bursts
         self.tick_errors = 0
         self.first_error: str | None = None
 
@@ -147,7 +155,7 @@ class Sampler:
         probe_start, probe_first = now, odo.learning_values()
         anchor_every, next_anchor = 2.0, now + 2.0
         pins: dict[int, int] | None = None  # grid points when a re-pin burst started
-        burst_until = 0.0
+        burst_until, window, target = 0.0, REPIN_WINDOW_S, None
         next_full = now + self.interval_s
         try:
             while not self._stopping:
@@ -158,8 +166,19 @@ class Sampler:
                     probe_until = 0.0
                 bursting = pins is not None and now < burst_until
                 if pins is not None and (not bursting or _repinned(odo.grid_points(), pins)):
+                    self.repins += bursting
                     pins, bursting = None, False
-                if probing or bursting:
+                if bursting:
+                    # 1 ms reads only around the update the grid predicts; sleep until then.
+                    if target is None or now > target + window:
+                        if target is not None:  # that update was not pinned: a wider window
+                            window = min(2 * window, 0.5 * max(odo.period_s(i) for i in odo.grid_points()))
+                        target = odo.next_update(now)
+                    if target is not None and now < target - window:
+                        fast = target - window - now
+                    else:
+                        fast = PROBE_INTERVAL_S
+                elif probing:
                     fast = PROBE_INTERVAL_S
                 elif odo.has_fast and (odo.power_only or self._active is None or self._active()):
                     base = self.fast_interval_s or min(self.interval_s, FAST_POWER_INTERVAL_S)
@@ -183,12 +202,16 @@ class Sampler:
                 if now >= next_full:
                     self._serve()
                     next_full = max(next_full + self.interval_s, now + 0.5 * self.interval_s)
-                    if now >= next_anchor and odo.grid_points():
-                        pins, burst_until = odo.grid_points(), now + 2 * max(0.1, max(odo.period_s(i) for i in odo.grid_points()))
+                    if now >= next_anchor and pins is None and odo.grid_points() and (
+                            self._active is None or self._active()):
+                        period = max(0.1, max(odo.period_s(i) for i in odo.grid_points()))
+                        pins, burst_until = odo.grid_points(), now + REPIN_PERIODS * period
+                        window, target = REPIN_WINDOW_S, None
                         anchor_every = min(2 * anchor_every, REANCHOR_S)
                         next_anchor = now + anchor_every
                 elif probing or bursting:
                     odo.read_counters()
+                    self.burst_reads += bursting
                 else:
                     odo.read_fast()
         finally:

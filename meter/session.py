@@ -23,10 +23,12 @@ from .spans import RunContext, open_view
 
 log = logging.getLogger("meter")
 
-#: A closed span may wait at most about one sampling interval to be written: when the oldest
-#: has waited half an interval, or this many are queued (about 50 ms of record building), the
-#: thread that closes a span waits (up to BACKPRESSURE_WAIT_S) for the sampler to write them.
+#: A closed span waits at most about one sampling interval to be written: each tick writes
+#: every span closed before it. When the oldest has waited BEHIND_INTERVALS intervals (the
+#: sampler is behind), or this many are queued (about 50 ms of record building), the thread that
+#: closes a span waits (up to BACKPRESSURE_WAIT_S) for the sampler to write them.
 BACKLOG_MAX_SPANS = 512
+BEHIND_INTERVALS = 1.5
 BACKPRESSURE_WAIT_S = 1.0
 #: Records are built and written in chunks of this many spans, so each reaches the disk soon.
 WRITE_CHUNK = 256
@@ -51,7 +53,7 @@ class Session:
                                active=lambda: self.recorder.active(ACTIVE_S))
         self.last = odometer.read()
         self.dropped_records = 0
-        self._half_interval = 0.5 * interval_s
+        self._behind_s = BEHIND_INTERVALS * interval_s
         self._poke = self.sampler.poke if odometer.has_fast else None
 
     # -- span boundaries (user threads) --------------------------------------------------------
@@ -74,10 +76,12 @@ class Session:
             self.recorder.closed(span)  # its peak is final from here
             with span._lock:
                 span._end = end
-        rec = self.recorder
-        q = rec.queue(span)
-        if len(q) > BACKLOG_MAX_SPANS or rec.backlog_age_s() > self._half_interval:
-            self.sampler.request_tick(wait=True, timeout=BACKPRESSURE_WAIT_S)
+        if self.writer is not None:  # in memory (write=False) nothing waits to be written
+            rec = self.recorder
+            q = rec.queue(span)
+            if len(q) > BACKLOG_MAX_SPANS or rec.backlog_age_s() > self._behind_s:
+                # The sampler is behind: wait for it, so the backlog stays about one interval.
+                self.sampler.request_tick(wait=True, timeout=BACKPRESSURE_WAIT_S)
         if self._poke is not None:
             self._poke()
         return True
