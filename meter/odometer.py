@@ -42,6 +42,9 @@ SLACK_S = 0.25
 #: A full read (a tick) reads coarse counters' instantaneous power only when the last poll is
 #: older than this. Span edges never read it: they are resolved against the sampler's polls.
 EDGE_FRESH_S = 0.005
+#: While no span comes or goes, ticks poll coarse counters' instantaneous power this often only
+#: (it changes no answer then; the first edge after a quiet stretch pokes the sampler to poll).
+QUIET_POWER_S = 1.0
 #: Polled-power points kept per coarse counter: at ~20 ms, about two update periods of history.
 PINT_HISTORY = 16
 #: The coarse energy timeline (for time-resolved emissions in-process) keeps one point this often.
@@ -260,13 +263,15 @@ class Odometer:
         with self.lock:
             return self.read_locked()
 
-    def read_locked(self) -> Snapshot:
-        """Read every sensor now (a tick). The caller holds :attr:`lock`."""
+    def read_locked(self, quiet: bool = False) -> Snapshot:
+        """Read every sensor now. The caller holds :attr:`lock`. A ``quiet`` read (a tick while
+        no span comes or goes) polls instantaneous power only when the last poll is older than
+        QUIET_POWER_S, and resolves its own lag and integral lazily, like an edge."""
         t = self.clock.monotonic()
         wall = self.clock.wall()
         for si, s in enumerate(self._sensors):
             self._update(t, wall, _read(s), self._starts[si])
-        if self._aux and t - self._aux_t > EDGE_FRESH_S:
+        if self._aux and t - self._aux_t > (QUIET_POWER_S if quiet else EDGE_FRESH_S):
             # Instantaneous power is read only when the last poll is stale; otherwise the polled
             # integral is extended to now at the last polled power.
             self._read_aux(t)
@@ -275,7 +280,11 @@ class Odometer:
                         self._periods)
         if self._aux:
             snap._ages = tuple([x.age_s(t) if x.pint is not None else None for x in c])
-            self._resolve(snap)
+            if quiet and t > self._aux_t:
+                snap._odo = self
+                self._pending.append(snap)
+            else:
+                self._resolve(snap)
         return snap
 
     def read_edge_locked(self) -> Snapshot:

@@ -160,7 +160,7 @@ class Sampler:
         try:
             while not self._stopping:
                 now = time.monotonic()
-                probing = now < probe_until and odo.learning and (
+                probing = probe_until > 0.0 and now < probe_until and odo.learning and (
                     now - probe_start < PROBE_IDLE_S or odo.counters_moved(probe_first))
                 if not probing:
                     probe_until = 0.0
@@ -202,8 +202,8 @@ class Sampler:
                 if now >= next_full:
                     self._serve()
                     next_full = max(next_full + self.interval_s, now + 0.5 * self.interval_s)
-                    if now >= next_anchor and pins is None and odo.grid_points() and (
-                            self._active is None or self._active()):
+                    if now >= next_anchor and pins is None and (self._active is None or self._active()) and (
+                            odo.grid_points()):
                         period = max(0.1, max(odo.period_s(i) for i in odo.grid_points()))
                         pins, burst_until = odo.grid_points(), now + REPIN_PERIODS * period
                         window, target = REPIN_WINDOW_S, None

@@ -19,6 +19,7 @@ from .errors import RunLogError
 from .odometer import Odometer
 from .recorder import Recorder
 from .sampler import Sampler
+from .sampler import ACTIVE_S
 from .spans import RunContext, open_view
 
 log = logging.getLogger("meter")
@@ -47,8 +48,6 @@ class Session:
         self.info = info
         self.interval_s = interval_s
         self.ctx = RunContext(make_plan(odometer.channels), odometer.faults, run_id, interval_s)
-        from .sampler import ACTIVE_S
-
         self.sampler = Sampler(odometer, interval_s, self.tick, on_first_error=self._record_error,
                                active=lambda: self.recorder.active(ACTIVE_S))
         self.last = odometer.read()
@@ -111,7 +110,7 @@ class Session:
         odo, rec = self.odometer, self.recorder
         with odo.lock:
             odo.check_sensors()
-            snap = odo.read_locked()
+            snap = odo.read_locked(quiet=not rec.active(ACTIVE_S))
             rec.observe(snap)
             odo.note_timeline(snap)
             beat = None

@@ -28,7 +28,7 @@ from .base import ESTIMATED, Channel, Fault
 DEFAULT_W_PER_THREAD = 4.0
 DEFAULT_SOURCE = "CodeCarbon's figure for CPUs it does not know: 4 W per thread"
 RAM_W_PER_GB = 0.3725
-RSS_EVERY_S = 0.1
+RSS_EVERY_S = 1.0
 RAM_SOURCE = "Green Algorithms (Lannelongue et al. 2021), memoryPower 0.3725 W/GB"
 
 _CORES = re.compile(r"(\d+)[- ]core", re.I)
@@ -275,8 +275,8 @@ class EstimateSensor:
         return self._peak_cpu_s * self.w_per_thread
 
     def _ram_w(self) -> float:
-        # Resident memory moves slowly; reading it (a /proc parse) at most every 0.1 s keeps span
-        # edges cheap. The sampler integrates the held value, like any power reading.
+        # Resident memory moves slowly; reading it (a /proc parse) at most every RSS_EVERY_S keeps
+        # the sampler's ticks cheap. The sampler integrates the held value, like any power reading.
         now = time.monotonic()
         if now - self._rss_t < RSS_EVERY_S:
             return self._rss_w
