@@ -49,7 +49,8 @@ def _tokens(text: str) -> list[str]:
 
 
 @lru_cache(maxsize=1)
-def _tdp_table() -> tuple[tuple[tuple[str, ...], str, float], ...]:
+def _tdp_rows() -> tuple[tuple[str, str, float], ...]:
+    """codecarbon's ``cpu_power.csv`` as (name, lowercased name, TDP W), read once."""
     data = codecarbon_data_dir()
     if data is None:
         return ()
@@ -57,8 +58,8 @@ def _tdp_table() -> tuple[tuple[tuple[str, ...], str, float], ...]:
     with open(os.path.join(data, "hardware", "cpu_power.csv"), encoding="utf-8-sig") as f:
         for row in csv.DictReader(f):
             try:
-                rows.append((tuple(_tokens(row["Name"])), row["Name"], float(row["TDP"])))
-            except (KeyError, ValueError):
+                rows.append((row["Name"], row["Name"].lower(), float(row["TDP"])))
+            except (KeyError, ValueError, AttributeError):
                 continue
     return tuple(rows)
 
@@ -69,12 +70,18 @@ def lookup_tdp(model: str) -> tuple[float | None, str]:
     A table row matches when every token of its name appears in the model string; the longest
     such name wins, so "Xeon Gold 6248R" beats "Xeon Gold 6248" only when the R is present.
     """
-    table = _tdp_table()
+    table = _tdp_rows()
     if not table:
         return None, "codecarbon's cpu_power.csv not found (pip install codecarbon)"
     have = set(_tokens(model))
+    # A matching row has a token with a digit that is one of the model's tokens, and each of a
+    # row's tokens is a substring of its lowercased name: only those rows are tokenised.
+    keys = [t for t in have if any(ch.isdigit() for ch in t)]
     best = None
-    for toks, name, tdp in table:
+    for name, lower, tdp in table:
+        if not any(k in lower for k in keys):
+            continue
+        toks = _tokens(name)
         if toks and have.issuperset(toks) and any(any(ch.isdigit() for ch in t) for t in toks):
             if best is None or len(toks) > len(best[0]):
                 best = (toks, name, tdp)
