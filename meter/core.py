@@ -298,6 +298,9 @@ def _prefetch(gpus: bool) -> None:
             except ImportError:
                 pass
             estimate.lookup_tdp(estimate.cpu_model())
+            from .carbon import offline
+
+            offline.zones()  # the offline intensity table, read at a run's first figures
             from .hardware import describe_host
 
             describe_host()
