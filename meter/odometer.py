@@ -42,6 +42,8 @@ SLACK_S = 0.25
 #: A full read (a tick) reads coarse counters' instantaneous power only when the last poll is
 #: older than this. Span edges never read it: they are resolved against the sampler's polls.
 EDGE_FRESH_S = 0.005
+#: Probe reads (every 1 ms) poll instantaneous power this often only.
+PROBE_POWER_S = 0.005
 #: While no span comes or goes, ticks poll coarse counters' instantaneous power this often only
 #: (it changes no answer then; the first edge after a quiet stretch pokes the sampler to poll).
 QUIET_POWER_S = 1.0
@@ -412,7 +414,7 @@ class Odometer:
             wall = self.clock.wall()
             for si, s in self._learning:
                 self._update(t, wall, _read(s), self._starts[si])
-            if self._aux:
+            if self._aux and t - self._aux_t >= PROBE_POWER_S:
                 self._read_aux(t)
 
     def _update(self, t: float, wall: float, values, base: int) -> None:
