@@ -106,11 +106,16 @@ class PeriodLearner:
         """The value has now been seen unchanged for ``flat_s`` while the device drew power."""
         self._flat = flat_s
 
-    def changed(self) -> bool:
-        """The value changed. Returns True when this change made the period known."""
+    def changed(self, gap_s: float | None = None) -> bool:
+        """The value changed, ``gap_s`` after the previous read. Returns True when this change
+        made the period known. A change seen without any flat read before it, within
+        :data:`TIGHT_S` of the previous read (itself a change), bounds the period by that gap:
+        a continuous counter is learned as such rather than presumed coarse for ever."""
         known_before = self.known
         if 0.0 < self._flat <= self.max_period_s:
             self.flats.append(self._flat)
+        elif self._flat == 0.0 and gap_s is not None and 0.0 < gap_s <= TIGHT_S:
+            self.flats.append(gap_s)
         self._flat = 0.0
         return self.known and not known_before
 

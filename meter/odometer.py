@@ -471,7 +471,7 @@ class Odometer:
             ))
         c.odo += delta
         if c.learns:
-            if c.learner.changed():
+            if c.learner.changed(t - last_t):
                 self._set_periods()
                 self._learned(i, c)
             elif c.learner.known:

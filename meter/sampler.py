@@ -30,7 +30,7 @@ ACTIVE_S = 1.0
 #: Zeus does): at 10 Hz a 10 Hz counter never looks flat. It stops early once every period is
 #: known, or after PROBE_IDLE_S if no counter moved at all (an idle device teaches nothing).
 PROBE_S = 1.5
-PROBE_INTERVAL_S = 0.001
+PROBE_INTERVAL_S = 0.002
 PROBE_IDLE_S = 0.3
 #: Coarse counters' update grids are re-pinned (1 ms reads until each shows one update) after
 #: 2 s, then 4, 8, ... up to every REANCHOR_S, so that drift in the learned period never builds up;

@@ -229,3 +229,15 @@ def test_an_edge_is_resolved_by_its_reader_when_no_poll_followed_it():
     assert s.resolved and e.resolved and not r.odo._pending
     assert f.devices[0].energy_j == pytest.approx(150.0 * 0.04, rel=1e-6)
     assert f.devices[0].corrected
+
+
+def test_a_continuous_counter_is_learned_as_such_and_stops_being_polled():
+    # A counter that moves at every 1 ms read is not coarse: once learned, its spans take the
+    # counter's own delta (exact), not the polled power (main presumed it coarse for ever).
+    r = Rig(FakeGPU(uuid="GPU-k", power_w=square(100, 300, 0.7)))  # update_period_s=0: continuous
+    r.run(1.0)
+    assert 0.0 < r.odo.period_s(0) <= 0.003
+    assert not r.odo.has_fast  # instantaneous power is no longer polled
+    got, truth, warnings = r.window(0.05)
+    assert got[0] == pytest.approx(truth[0], rel=1e-3)
+    assert not any("instantaneous power" in w for w in warnings)
