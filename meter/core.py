@@ -285,7 +285,7 @@ def _prefetch(gpus: bool) -> None:
 
     def work() -> None:
         try:
-            from . import session, runlog, sampler  # noqa: F401 - imported for start()
+            from . import runlog, sampler, session  # noqa: F401 - imported for start()
             from .sensors import estimate, rapl  # noqa: F401
 
             if gpus:

@@ -18,8 +18,7 @@ from .energy import make_plan
 from .errors import RunLogError
 from .odometer import Odometer
 from .recorder import Recorder
-from .sampler import Sampler
-from .sampler import ACTIVE_S
+from .sampler import ACTIVE_S, Sampler
 from .spans import RunContext, open_view
 
 log = logging.getLogger("meter")
