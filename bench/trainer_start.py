@@ -2,7 +2,9 @@
 model (a 1-layer BERT from a config, random weights, toy data, CPU), each run in a fresh process,
 with and without alternating, several repetitions; the median ratio.
 
-    python bench/trainer_start.py [--reps 7] [--gpus] [--out bench/results/trainer_start.md]
+    python bench/trainer_start.py [--reps 11] [--samples 3000] [--gpus] [--out bench/results/trainer_start.md]
+
+(``--out`` appends, so both runs land in one file.)
 
 ``--gpus``: the run sees two emulated GPUs (bench/fake_nvml, counters updated every 100 ms), so
 meter also opens NVML and runs its 1.5 s probe of the counters' update period during training.
@@ -60,8 +62,8 @@ def run(py: str, with_meter: bool, n: int, env: dict) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--reps", type=int, default=7)
-    ap.add_argument("--samples", type=int, default=800, help="training samples (batch 8): sets the run's length")
+    ap.add_argument("--reps", type=int, default=11)
+    ap.add_argument("--samples", type=int, default=3000, help="training samples (batch 8): sets the run's length")
     ap.add_argument("--gpus", action="store_true")
     ap.add_argument("--out")
     a = ap.parse_args()
@@ -94,8 +96,9 @@ def main() -> int:
     text = "\n".join(lines) + "\n"
     print(text)
     if a.out:
-        with open(a.out, "a" if os.path.exists(a.out) and a.gpus else "w") as f:
-            f.write(("# bench/trainer_start.py\n\n" if not (os.path.exists(a.out) and a.gpus) else "\n") + text)
+        new = not os.path.exists(a.out)  # the run without and the one with --gpus go in one file
+        with open(a.out, "a") as f:
+            f.write(("# bench/trainer_start.py\n\n" if new else "\n") + text)
     return 0
 
 
