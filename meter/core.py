@@ -23,8 +23,6 @@ from .spans import Span, Track, build_measurement
 from .units import S_PER_HOUR
 
 log = logging.getLogger("meter")
-#: Plain Tracks (a name, no counts or tags) kept per Meter for reuse.
-_TRACK_CACHE = 1024
 
 _ARG_NAMES = (
     "carbon", "cpu_power_w", "region", "pue", "interval_s", "output_dir", "gpus", "rapl_root", "run_name", "write", "sensors",
@@ -75,7 +73,6 @@ class Meter:
         self._state = "new"  # new | running | closed | forked
         self._session = None
         self._carbon = None
-        self._tracks: dict[str, Track] = {}
         from .distributed import rank_info
 
         # In a torchrun or Slurm job: which devices this rank owns (see meter.distributed).
@@ -200,17 +197,6 @@ class Meter:
         with ``span.add``; ``tags`` are free-form labels (model, seq_len, batch size) carried
         into the record.
         """
-        if (tags is None and samples is None and tokens is None and flops is None and output_tokens is None
-                and not unknown and name.__class__ is str):
-            # A plain stage name (a loop's step): its Track is reusable (every use gets a fresh
-            # Span), so it is built once and kept (a bounded cache: names may be generated).
-            t = self._tracks.get(name)
-            if t is None:
-                t = Track(self, name, {}, None)
-                if len(self._tracks) >= _TRACK_CACHE:
-                    self._tracks.clear()
-                self._tracks[name] = t
-            return t
         counts = {"samples": samples, "tokens": tokens, "output_tokens": output_tokens, "flops": flops, **unknown}
         return Track(self, name, counts, tags)
 
