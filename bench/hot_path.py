@@ -102,7 +102,7 @@ def main() -> int:
              f"| span edges around a 20 ms step (median of 150) | {step[0] * 1e6:.1f} µs | {step[1] * 1e6:.1f} µs | "
              f"{step[0] / step[1]:.2f} | ≤ 1.5 |",
              f"| background CPU, one span open, {a.seconds:g} s after the first 2 s | {cpu:.2f} % of a core | 0 (no thread) | - | ≤ 0.3 % |",
-             f"| background CPU in the first 2 s (includes the start, the 1.5 s probe at 1 ms) | {first:.2f} % of a core | - | - | - |",
+             f"| background CPU in the first 2 s (includes the start, the 1.5 s probe at 2 ms) | {first:.2f} % of a core | - | - | - |",
              "", f"The sampler ran {ticks} ticks in the background-CPU window."]
     text = "\n".join(lines) + "\n"
     print(text)

@@ -100,6 +100,8 @@ class Meter:
             carbon.check_region(self.config.region)
         _check_live_zone(self.config)
         _process.register(self)
+        if sensors is None:
+            _prefetch(self.config.gpus != ())
 
     # -- lifecycle -----------------------------------------------------------------------------
     @property
@@ -457,6 +459,46 @@ def _ownership(info, environ, output_dir):
     from .distributed import Ownership
 
     return Ownership(info, environ, output_dir)
+
+
+_prefetched: set = set()
+
+
+def _prefetch(gpus: bool) -> None:
+    """On a daemon thread, once per process: import what ``start()`` will need (the run's
+    modules, pynvml, psutil) and read what describes the host (codecarbon's CPU table, the CPU
+    model), so the first span (a Trainer's first step) does not wait for it. Never raises;
+    ``start()`` computes anything not ready yet itself."""
+    key = "gpus" if gpus else "host"
+    if key in _prefetched:
+        return
+    _prefetched.add(key)
+
+    def work() -> None:
+        try:
+            from . import runlog, sampler, session  # noqa: F401 - imported for start()
+            from .sensors import estimate, rapl  # noqa: F401
+
+            if gpus:
+                try:
+                    import pynvml  # noqa: F401
+                except ImportError:
+                    pass
+            try:
+                import psutil  # noqa: F401
+            except ImportError:
+                pass
+            estimate.lookup_tdp(estimate.cpu_model())
+            from .carbon import offline
+
+            offline.zones()  # the offline intensity table, read at a run's first figures
+            from .hardware import describe_host
+
+            describe_host()
+        except Exception:  # noqa: BLE001 - a warm-up only
+            log.debug("meter: background warm-up failed", exc_info=True)
+
+    threading.Thread(target=work, name="meter-prefetch", daemon=True).start()
 
 
 def _describe_rank(info, environ=None) -> dict | None:

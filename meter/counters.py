@@ -4,6 +4,7 @@ grid, and integrating polled power. Pure and tested on their own; the odometer c
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import deque
 
 #: A change seen within this long after a read that still showed the old value pins the moment
@@ -58,6 +59,7 @@ class UpdateGrid:
         self.pins = 0  # grid points pinned so far (the deque keeps only the last ``keep``)
         self.period: float | None = None
         self.anchor: float | None = None
+        self.ready = False  # enough points, over a long enough baseline, for the period to be trusted
 
     def observe(self, t_prev: float, t: float, period_hint: float) -> bool:
         """A change seen at ``t`` whose previous read (old value) was at ``t_prev``. Returns
@@ -77,14 +79,10 @@ class UpdateGrid:
             if var > 0:
                 self.period = sum((k - km) * (u - um) for k, u in zip(ks, self.points, strict=True)) / var
         self.anchor = self.points[-1]
+        # Enough points, over a long enough baseline, for the period to be trusted.
+        self.ready = (self.period is not None and len(self.points) >= 4
+                      and self.points[-1] - self.points[0] >= 5 * self.period)
         return True
-
-    @property
-    def ready(self) -> bool:
-        """Enough points, over a long enough baseline, for the period to be trusted."""
-        if self.period is None or len(self.points) < 4:
-            return False
-        return self.points[-1] - self.points[0] >= 5 * self.period
 
     def age(self, t: float) -> float:
         """Seconds since the last update at or before ``t``."""
@@ -109,11 +107,16 @@ class PeriodLearner:
         """The value has now been seen unchanged for ``flat_s`` while the device drew power."""
         self._flat = flat_s
 
-    def changed(self) -> bool:
-        """The value changed. Returns True when this change made the period known."""
+    def changed(self, gap_s: float | None = None) -> bool:
+        """The value changed, ``gap_s`` after the previous read. Returns True when this change
+        made the period known. A change seen without any flat read before it, within
+        :data:`TIGHT_S` of the previous read (itself a change), bounds the period by that gap:
+        a continuous counter is learned as such rather than presumed coarse for ever."""
         known_before = self.known
         if 0.0 < self._flat <= self.max_period_s:
             self.flats.append(self._flat)
+        elif self._flat == 0.0 and gap_s is not None and 0.0 < gap_s <= TIGHT_S:
+            self.flats.append(gap_s)
         self._flat = 0.0
         return self.known and not known_before
 
@@ -128,38 +131,68 @@ class PeriodLearner:
 
 
 class PowerIntegral:
-    """Trapezoid integral (J) of polled instantaneous power, with a short history of
-    ``(t, joules)`` points so that the energy since a recent moment can be read back."""
+    """Trapezoid integral (J) of polled instantaneous power, with the recent polls kept as
+    ``(t, joules, watts)`` so that the integral at any recent moment can be read back, also
+    after later polls: between two polls by the trapezoid (power linear between them), after
+    the newest poll extended at its power for at most ``extend_s``.
 
-    __slots__ = ("value", "t", "p", "hist")
+    Polls older than ``keep_s`` before the newest are dropped (at least ``min_points`` are kept):
+    a span edge is resolved against the polls around it soon after it happened (see
+    :meth:`meter.odometer.Odometer.resolve_pending`).
+    """
 
-    def __init__(self, keep: int = 16):
+    __slots__ = ("value", "t", "p", "ts", "es", "ps", "keep_s", "min_points")
+
+    def __init__(self, keep: int = 16, keep_s: float = 1.0):
         self.value = 0.0
         self.t: float | None = None
         self.p: float | None = None
-        self.hist: deque[tuple[float, float]] = deque(maxlen=keep)
+        self.ts: list[float] = []
+        self.es: list[float] = []
+        self.ps: list[float] = []
+        self.keep_s = keep_s
+        self.min_points = keep
 
     def add(self, t: float, power_w: float) -> None:
-        if self.t is not None and self.p is not None and t > self.t:
+        if self.t is not None and self.p is not None:
+            if t <= self.t:
+                return  # an older or simultaneous poll (another thread read first) adds nothing
             self.value += (self.p + power_w) * 0.5 * (t - self.t)
         self.t, self.p = t, power_w
-        self.hist.append((t, self.value))
+        ts = self.ts
+        ts.append(t)
+        self.es.append(self.value)
+        self.ps.append(power_w)
+        n = len(ts)
+        if n > 2 * self.min_points and t - ts[n // 2] > self.keep_s:
+            k = n // 2  # drop the older half at once: amortised O(1)
+            del ts[:k], self.es[:k], self.ps[:k]
+
+    def polled_after(self, t: float) -> bool:
+        """Whether a poll at or after ``t`` is in the history."""
+        return self.t is not None and self.t >= t
 
     def at(self, t: float, extend_s: float = 0.05) -> float:
-        """The integral at ``t``: after the newest point, extended at the newest power for at
-        most ``extend_s`` (a poll that is older says nothing about now)."""
-        if self.t is None or self.p is None or t <= self.t:
+        """The integral at ``t``: between the polls around it by the trapezoid; after the newest
+        poll, extended at its power for at most ``extend_s`` (an older poll says nothing about
+        now); before the oldest kept poll, that poll's value."""
+        ts = self.ts
+        if not ts:
             return self.value
-        return self.value + self.p * min(t - self.t, extend_s)
+        k = bisect_right(ts, t) - 1
+        if k < 0:
+            return self.es[0]
+        t0, e0, p0 = ts[k], self.es[k], self.ps[k]
+        if k + 1 < len(ts):
+            t1, p1 = ts[k + 1], self.ps[k + 1]
+            pt = p0 + (p1 - p0) * (t - t0) / (t1 - t0)
+            return e0 + (p0 + pt) * 0.5 * (t - t0)
+        return e0 + p0 * min(t - t0, extend_s)
 
     def since(self, u: float, now: float, fallback_w: float) -> float:
-        """Joules from moment ``u`` to ``now``: interpolated in the history where it reaches
-        back that far, else ``fallback_w`` times ``now - u``."""
-        pts = self.hist
-        if len(pts) >= 2 and pts[0][0] <= u:
-            for k in range(len(pts) - 1, 0, -1):  # newest interval first
-                (t0, e0), (t1, e1) = pts[k - 1], pts[k]
-                if t0 <= u:
-                    frac = (u - t0) / (t1 - t0) if t1 > t0 else 0.0
-                    return self.at(now) - (e0 + (e1 - e0) * frac)
+        """Joules from moment ``u`` to ``now``: from the history where it reaches back that far,
+        else ``fallback_w`` times ``now - u``."""
+        ts = self.ts
+        if len(ts) >= 2 and ts[0] <= u:
+            return self.at(now) - self.at(u)
         return fallback_w * max(0.0, now - u)

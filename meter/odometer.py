@@ -39,9 +39,14 @@ IDLE_W = 1.0
 #: SLACK_S), the slack covering a coarse counter's update (NVML: <= 100 ms) arriving at once.
 PLAUSIBLE_FACTOR = 2.0
 SLACK_S = 0.25
-#: A span edge reads coarse counters' instantaneous power itself only when the last poll is
-#: older than this: back-to-back span edges share one reading.
+#: A full read (a tick) reads coarse counters' instantaneous power only when the last poll is
+#: older than this. Span edges never read it: they are resolved against the sampler's polls.
 EDGE_FRESH_S = 0.005
+#: Probe reads (every 1 ms) poll instantaneous power this often only.
+PROBE_POWER_S = 0.005
+#: While no span comes or goes, ticks poll coarse counters' instantaneous power this often only
+#: (it changes no answer then; the first edge after a quiet stretch pokes the sampler to poll).
+QUIET_POWER_S = 1.0
 #: Polled-power points kept per coarse counter: at ~20 ms, about two update periods of history.
 PINT_HISTORY = 16
 #: The coarse energy timeline (for time-resolved emissions in-process) keeps one point this often.
@@ -49,22 +54,52 @@ TIMELINE_STEP_S = 60.0
 TIMELINE_POINTS = 7 * 24 * 60
 
 
-@dataclass(frozen=True)
 class Snapshot:
-    """Odometer state at one instant; per-channel tuples follow ``Odometer.channels``."""
+    """Odometer state at one instant; per-channel tuples follow ``Odometer.channels``.
 
-    t: float  # monotonic seconds
-    wall: float  # UTC epoch seconds
-    energy_j: tuple
-    power_w: tuple
-    n_faults: int
-    # Per channel: joules the counter's reading lags ``t`` by (energy since its last update, for
-    # coarse counters with a learned grid), else None. None when no channel has one.
-    lag_j: tuple | None = None
-    # Per channel: joules integrated from polled instantaneous power (coarse counters), else None.
-    pint_j: tuple | None = None
-    # Per channel: the counter's update period as known at this instant (0.0: unknown/continuous).
-    period_s: tuple = ()
+    ``lag_j`` and ``pint_j`` of a span edge's snapshot are resolved after the edge, from the
+    instantaneous-power polls around it (see :meth:`Odometer.read_edge_locked`): the sampler thread
+    resolves them at its next poll, or the first reader does (polling then if none came yet).
+    """
+
+    __slots__ = ("t", "wall", "energy_j", "power_w", "n_faults", "_lag", "_pint", "period_s", "_ages", "_odo")
+
+    def __init__(self, t: float, wall: float, energy_j: tuple, power_w: tuple, n_faults: int,
+                 lag_j: tuple | None = None, pint_j: tuple | None = None, period_s: tuple = (), *,
+                 ages: tuple | None = None, odo: "Odometer | None" = None):
+        self.t = t  # monotonic seconds
+        self.wall = wall  # UTC epoch seconds
+        self.energy_j = energy_j
+        self.power_w = power_w
+        self.n_faults = n_faults
+        self._lag = lag_j
+        self._pint = pint_j
+        # Per channel: the counter's update period as known at this instant (0.0: unknown/continuous).
+        self.period_s = period_s
+        self._ages = ages  # per channel: how old a coarse counter's reading was at ``t`` (None: no grid)
+        self._odo = odo  # set while lag_j/pint_j wait for the polls around ``t``
+
+    @property
+    def lag_j(self) -> tuple | None:
+        """Per channel: joules the counter's reading lags ``t`` by (energy since its last update,
+        for coarse counters with a learned grid), else None. None when no channel has one."""
+        if self._odo is not None:
+            self._odo.resolve(self)
+        return self._lag
+
+    @property
+    def pint_j(self) -> tuple | None:
+        """Per channel: joules integrated from polled instantaneous power (coarse counters), else None."""
+        if self._odo is not None:
+            self._odo.resolve(self)
+        return self._pint
+
+    @property
+    def resolved(self) -> bool:
+        return self._odo is None
+
+    def __repr__(self) -> str:
+        return f"Snapshot(t={self.t!r}, energy_j={self.energy_j!r}, resolved={self.resolved})"
 
 
 @dataclass(frozen=True)
@@ -83,7 +118,7 @@ class _Chan:
     """Per-channel state of one odometer."""
 
     __slots__ = ("raw", "odo", "power", "seen_t", "last_t", "before_t", "changes", "alive", "learner", "grid",
-                 "pint", "declared", "wrap", "is_energy", "learns", "max_w", "suspect", "suspect_t")
+                 "pint", "declared", "wrap", "is_energy", "learns", "max_w", "suspect", "suspect_t", "frozen_s")
 
     def __init__(self, ch: Channel):
         self.raw = None
@@ -106,6 +141,7 @@ class _Chan:
         self.max_w = ch.details.get("max_power_w")  # None: no plausibility bound (estimates, fakes)
         self.suspect: float | None = None  # an implausible reading, kept to see if the next agrees
         self.suspect_t = 0.0
+        self.frozen_s = float("inf")  # flat this long while drawing power: frozen (see Odometer._set_periods)
 
     def bound_j(self, dt: float) -> float:
         """The most energy the device can plausibly use in ``dt`` seconds between reads."""
@@ -134,20 +170,15 @@ class _Chan:
             age -= g.period
         return age
 
-    def lag_j(self, t: float) -> float | None:
-        """Joules a coarse counter's reading lags ``t`` by: polled power since its last update."""
-        age = self.age_s(t)
-        if age is None:
-            return None
-        return self.pint.since(t - age, t, self.power)
-
 
 class Odometer:
     """Cumulative joules per channel of ``sensors``, read under one lock."""
 
     def __init__(self, sensors: Sequence, clock):
-        self.lock = threading.Lock()
+        # Re-entrant: a snapshot resolved lazily (Snapshot.lag_j) takes it again if its reader holds it.
+        self.lock = threading.RLock()
         self.clock = clock
+        self._monotonic, self._wall = clock.monotonic, clock.wall
         self._sensors = tuple(sensors)
         chans: list[Channel] = []
         starts = []
@@ -172,7 +203,16 @@ class Odometer:
                     if c.learns:
                         c.grid, c.pint = UpdateGrid(), PowerIntegral(PINT_HISTORY)
                         self._aux.setdefault(si, []).append(self._starts[si] + k)
-        self._periods = tuple(c.period_s for c in self._c)
+        self._aux_list = [i for idx in self._aux.values() for i in idx]
+        self._set_periods()
+        # What a span edge reads on the user's thread: each sensor's ``read_edge`` (its counters;
+        # None for a channel it leaves to the sampler thread), else its ``read``.
+        # A sensor with ``reads_at_edges = False`` is not called at all: its channels are extended.
+        self._edge = tuple((self._starts[si], getattr(s, "read_edge", s.read), s) for si, s in enumerate(self._sensors)
+                           if getattr(s, "reads_at_edges", True))
+        self._edge_skipped = tuple(self._starts[si] + k for si, s in enumerate(self._sensors)
+                                   if not getattr(s, "reads_at_edges", True) for k in range(len(s.channels)))
+        self._pending: list[Snapshot] = []  # edge snapshots whose lag_j/pint_j wait for a poll
         self.faults: list[FaultRecord] = []
         self._fault_keys: set[tuple[str, str]] = set()
         self.wraps = [0] * len(self.channels)
@@ -207,28 +247,132 @@ class Odometer:
     def period_s(self, i: int) -> float:
         return self._c[i].period_s
 
+    def next_update(self, after: float) -> float | None:
+        """The earliest update at or after ``after`` that the learned grids predict (re-pinning
+        reads only around it), or None without a ready grid."""
+        best = None
+        for c in self._c:
+            g = c.grid
+            if g is not None and g.ready and c.alive:
+                k = -((g.anchor - after) // g.period)  # ceil((after - anchor) / period)
+                u = g.anchor + k * g.period
+                if best is None or u < best:
+                    best = u
+        return best
+
     # -- reading ---------------------------------------------------------------------------
     def read(self) -> Snapshot:
         with self.lock:
             return self.read_locked()
 
-    def read_locked(self) -> Snapshot:
-        """Read every sensor now. The caller holds :attr:`lock`."""
+    def read_locked(self, quiet: bool = False) -> Snapshot:
+        """Read every sensor now. The caller holds :attr:`lock`. A ``quiet`` read (a tick while
+        no span comes or goes) polls instantaneous power only when the last poll is older than
+        QUIET_POWER_S, and resolves its own lag and integral lazily, like an edge."""
         t = self.clock.monotonic()
         wall = self.clock.wall()
         for si, s in enumerate(self._sensors):
             self._update(t, wall, _read(s), self._starts[si])
-        lag = pint = None
-        if self._aux:
-            # A span edge reads instantaneous power only when the last poll is stale; otherwise
-            # the polled integral is extended to now at the last polled power.
-            if t - self._aux_t > EDGE_FRESH_S:
-                self._read_aux(t)
-            lag = tuple([c.lag_j(t) for c in self._c])
-            pint = tuple([c.pint.at(t) if c.pint is not None else 0.0 for c in self._c])
+        if self._aux and t - self._aux_t > (QUIET_POWER_S if quiet else EDGE_FRESH_S):
+            # Instantaneous power is read only when the last poll is stale; otherwise the polled
+            # integral is extended to now at the last polled power.
+            self._read_aux(t)
         c = self._c
-        return Snapshot(t, wall, tuple([x.odo for x in c]), tuple([x.power for x in c]), len(self.faults), lag, pint,
+        snap = Snapshot(t, wall, tuple([x.odo for x in c]), tuple([x.power for x in c]), len(self.faults), None, None,
                         self._periods)
+        if self._aux:
+            snap._ages = tuple([x.age_s(t) if x.pint is not None else None for x in c])
+            if quiet and t > self._aux_t:
+                snap._odo = self
+                self._pending.append(snap)
+            else:
+                self._resolve(snap)
+        return snap
+
+    def read_edge_locked(self) -> Snapshot:
+        """A span edge (the caller holds :attr:`lock`): only what the span needs, on the user's
+        thread. Energy counters are read (one call per device); channels a sensor leaves to the
+        sampler thread (power polls, estimates) are extended from their last reading at their
+        last power; the instantaneous-power integral and coarse counters' lags are resolved later
+        from the polls around this moment (:meth:`resolve_pending`)."""
+        t = self._monotonic()
+        wall = self._wall()
+        c = self._c
+        skipped = self._edge_skipped
+        for base, reader, s in self._edge:
+            try:
+                values = reader()
+            except Exception as exc:  # noqa: BLE001 - a broken sensor must not break training
+                values = (Fault(f"{s.name} sensor raised {type(exc).__name__}: {exc}"),) * len(s.channels)
+            k = base
+            for v in values:
+                x = c[k]
+                if v is None:
+                    skipped = skipped + (k,)
+                elif v.__class__ is float and v == x.raw and x.alive and t - x.seen_t <= x.frozen_s:
+                    # The common case at an edge: a coarse counter that has not moved since.
+                    x.last_t = t
+                    if x.learns and x.power > 0:
+                        x.learner.unchanged(t - x.seen_t)
+                else:
+                    self._update(t, wall, (v,), k)
+                k += 1
+        energy = [x.odo for x in c]
+        for i in skipped:  # not read now: extended from its last reading at its last power
+            x = c[i]
+            if x.raw is not None and x.alive:
+                energy[i] += x.power * max(0.0, t - (x.last_t if x.is_energy else x.seen_t))
+        snap = Snapshot(t, wall, tuple(energy), tuple([x.power for x in c]), len(self.faults), None, None,
+                        self._periods)
+        if self._aux:
+            ages = [None] * len(c)
+            for i in self._aux_list:
+                x = c[i]
+                if x.grid is not None and x.grid.ready:
+                    ages[i] = x.age_s(t)
+            snap._ages = tuple(ages)
+            snap._odo = self
+            self._pending.append(snap)
+        return snap
+
+    def resolve(self, snap: Snapshot) -> None:
+        """Resolve an edge snapshot's lag_j/pint_j now: polls instantaneous power first when
+        no poll since its moment has come yet (any thread)."""
+        with self.lock:
+            if snap._odo is None:
+                return
+            if snap.t > self._aux_t:
+                self._read_aux(max(self.clock.monotonic(), snap.t))
+            self.resolve_pending()
+            if snap._odo is not None:  # no longer pending (the polls failed): as far as known
+                self._resolve(snap)
+
+    def resolve_pending(self) -> None:
+        """Resolve every pending edge snapshot that a poll has followed (caller holds the lock)."""
+        pend = self._pending
+        if not pend:
+            return
+        keep = []
+        for snap in pend:
+            if snap.t <= self._aux_t:
+                self._resolve(snap)
+            elif snap._odo is not None:
+                keep.append(snap)
+        self._pending = keep
+
+    def _resolve(self, snap: Snapshot) -> None:
+        t, ages, power = snap.t, snap._ages, snap.power_w
+        lag, pint = [], []
+        for i, c in enumerate(self._c):
+            pi = c.pint
+            if pi is None or ages is None:
+                lag.append(None)
+                pint.append(0.0)
+                continue
+            pint.append(pi.at(t))
+            age = ages[i]
+            lag.append(None if age is None else pi.since(t - age, t, power[i]))
+        snap._lag, snap._pint, snap._odo = tuple(lag), tuple(pint), None
 
     def check_sensors(self) -> None:
         """Per tick (caller holds the lock): sensors' own health checks (RAPL zones that vanished)."""
@@ -270,13 +414,13 @@ class Odometer:
             wall = self.clock.wall()
             for si, s in self._learning:
                 self._update(t, wall, _read(s), self._starts[si])
-            if self._aux:
+            if self._aux and t - self._aux_t >= PROBE_POWER_S:
                 self._read_aux(t)
 
     def _update(self, t: float, wall: float, values, base: int) -> None:
         for i, v in enumerate(values, base):
             c = self._c[i]
-            if not c.alive:
+            if v is None or not c.alive:  # None: not read this time (left to the sampler thread)
                 continue
             if isinstance(v, Fault):
                 self._fault(t, wall, i, v)
@@ -306,7 +450,7 @@ class Odometer:
             flat = t - c.seen_t
             if c.learns and c.power > 0:
                 c.learner.unchanged(flat)
-            if c.pint is not None and c.power > IDLE_W and flat > max(FROZEN_MIN_S, FROZEN_PERIODS * c.period_s):
+            if flat > c.frozen_s and c.power > IDLE_W:
                 self._fault(t, wall, i, Fault(
                     f"{self.channels[i].key}: energy counter stopped moving while the device draws power; "
                     "energy after that point is missing", "check the driver (`nvidia-smi -q -d POWER`)"))
@@ -327,13 +471,13 @@ class Odometer:
             ))
         c.odo += delta
         if c.learns:
-            if c.learner.changed():
-                self._periods = tuple(x.period_s for x in self._c)
+            if c.learner.changed(t - last_t):
+                self._set_periods()
                 self._learned(i, c)
             elif c.learner.known:
                 p = c.learner.period_s
                 if p != self._periods[i]:
-                    self._periods = tuple(x.period_s for x in self._c)
+                    self._set_periods()
             if c.grid is not None:
                 c.grid.observe(last_t, t, c.period_s)
             c.before_t = last_t
@@ -359,6 +503,11 @@ class Odometer:
         self._fault(t, wall, i, Fault(f"{key}: energy counter {why}; that reading counts 0 J",
                                       f"first seen: {prev!r} -> {v!r}"))
 
+    def _set_periods(self) -> None:
+        self._periods = tuple(c.period_s for c in self._c)
+        for c in self._c:
+            c.frozen_s = max(FROZEN_MIN_S, FROZEN_PERIODS * c.period_s) if c.pint is not None else float("inf")
+
     def _learned(self, i: int, c: _Chan) -> None:
         """The period became known: a counter that turned out continuous needs no instant power."""
         if c.period_s >= AUX_POWER_MIN_PERIOD_S or c.pint is None:
@@ -368,6 +517,8 @@ class Odometer:
             if i in idx:
                 idx.remove(i)
         self._aux = {k: v for k, v in self._aux.items() if v}
+        self._aux_list = [i for idx in self._aux.values() for i in idx]
+        self._set_periods()
 
     def _read_aux(self, t: float) -> None:
         """Instantaneous power of coarse counters replaces the rate derived from the counter and
@@ -385,6 +536,8 @@ class Odometer:
                 if isinstance(v, float) and c.alive:
                     c.power = v
                     c.pint.add(t, v)
+        if self._pending:
+            self.resolve_pending()
 
     def _fault(self, t: float, wall: float, i: int, fault: Fault) -> None:
         c = self._c[i]

@@ -29,7 +29,6 @@ class Recorder:
 
     # -- under the odometer lock ---------------------------------------------------------------
     def opened(self, span) -> None:
-        span._peak = {}
         self._open[span.span_id] = span
         self.dirty = True
         self.last_edge = time.monotonic()
@@ -39,7 +38,7 @@ class Recorder:
         self._open.pop(span.span_id, None)
         self.dirty = True
         self.last_edge = time.monotonic()
-        return dict(span._peak)
+        return span._peak  # no tick raises it any more: it is out of the open set
 
     def observe(self, snap) -> None:
         """A tick's snapshot: raise the peak power of every span open at its moment."""
@@ -78,8 +77,11 @@ class Recorder:
         return list(self._open.values())
 
     # -- any thread ----------------------------------------------------------------------------
-    def queue(self, span) -> None:
-        self._closed.append((span, time.monotonic()))
+    def queue(self, span) -> deque:
+        """Queue a closed span for writing; returns the queue (its length is the backlog)."""
+        q = self._closed
+        q.append((span, time.monotonic()))
+        return q
 
     def backlog_age_s(self) -> float:
         """How long the oldest closed span not yet on disk has waited (0 when none)."""

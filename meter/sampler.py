@@ -30,11 +30,17 @@ ACTIVE_S = 1.0
 #: Zeus does): at 10 Hz a 10 Hz counter never looks flat. It stops early once every period is
 #: known, or after PROBE_IDLE_S if no counter moved at all (an idle device teaches nothing).
 PROBE_S = 1.5
-PROBE_INTERVAL_S = 0.001
+PROBE_INTERVAL_S = 0.002
 PROBE_IDLE_S = 0.3
 #: Coarse counters' update grids are re-pinned (1 ms reads until each shows one update) after
-#: 2 s, then 4, 8, ... up to every REANCHOR_S, so that drift in the learned period never builds up.
+#: 2 s, then 4, 8, ... up to every REANCHOR_S, so that drift in the learned period never builds up;
+#: only while spans come and go (the grid changes no answer otherwise: a re-pin that falls due
+#: meanwhile runs at the next span edge). The 1 ms reads are made only within REPIN_WINDOW_S of
+#: the update the grid predicts (the window doubling at each update missed), for up to
+#: REPIN_PERIODS update periods.
 REANCHOR_S = 30.0
+REPIN_WINDOW_S = 0.004
+REPIN_PERIODS = 8
 
 
 class Sampler:
@@ -55,7 +61,10 @@ class Sampler:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
+        self._slow = False  # sleeping until the next tick, without polling power in between
         self.ticks = 0
+        self.repins = 0  # re-pin bursts that pinned every grid again
+        self.burst_reads = 0  # 1 ms reads made by re-pin bursts
         self.tick_errors = 0
         self.first_error: str | None = None
 
@@ -86,6 +95,14 @@ class Sampler:
             return True
         with self._cv:
             return self._cv.wait_for(lambda: self._done >= target or not self.running, timeout) and self._done >= target
+
+    def poke(self) -> None:
+        """A span edge happened: if the thread is sleeping until its next tick, wake it for a
+        power poll now (the edge is resolved against it) and the fast polling that follows
+        edges. Costs one attribute read when the thread already polls fast."""
+        if self._slow:
+            self._slow = False
+            self._wake.set()
 
     def stop(self, timeout: float = 5.0) -> bool:
         """Stop after one final tick. True when the thread ended within ``timeout``."""
@@ -138,19 +155,30 @@ class Sampler:
         probe_start, probe_first = now, odo.learning_values()
         anchor_every, next_anchor = 2.0, now + 2.0
         pins: dict[int, int] | None = None  # grid points when a re-pin burst started
-        burst_until = 0.0
+        burst_until, window, target = 0.0, REPIN_WINDOW_S, None
         next_full = now + self.interval_s
         try:
             while not self._stopping:
                 now = time.monotonic()
-                probing = now < probe_until and odo.learning and (
+                probing = probe_until > 0.0 and now < probe_until and odo.learning and (
                     now - probe_start < PROBE_IDLE_S or odo.counters_moved(probe_first))
                 if not probing:
                     probe_until = 0.0
                 bursting = pins is not None and now < burst_until
                 if pins is not None and (not bursting or _repinned(odo.grid_points(), pins)):
+                    self.repins += bursting
                     pins, bursting = None, False
-                if probing or bursting:
+                if bursting:
+                    # 1 ms reads only around the update the grid predicts; sleep until then.
+                    if target is None or now > target + window:
+                        if target is not None:  # that update was not pinned: a wider window
+                            window = min(2 * window, 0.5 * max(odo.period_s(i) for i in odo.grid_points()))
+                        target = odo.next_update(now)
+                    if target is not None and now < target - window:
+                        fast = target - window - now
+                    else:
+                        fast = PROBE_INTERVAL_S
+                elif probing:
                     fast = PROBE_INTERVAL_S
                 elif odo.has_fast and (odo.power_only or self._active is None or self._active()):
                     base = self.fast_interval_s or min(self.interval_s, FAST_POWER_INTERVAL_S)
@@ -158,23 +186,32 @@ class Sampler:
                 else:
                     fast = None
                 remaining = max(0.0, next_full - now)
+                self._slow = fast is None
                 woke = self._wake.wait(remaining if fast is None else min(fast, remaining))
+                self._slow = False
                 if self._stopping:
                     break
                 if woke:
                     self._wake.clear()
-                    self._serve()
+                    if self._requested > self._done:
+                        self._serve()
+                    elif odo.has_fast:
+                        odo.read_fast()  # poked by a span edge
                     continue
                 now = time.monotonic()
                 if now >= next_full:
                     self._serve()
                     next_full = max(next_full + self.interval_s, now + 0.5 * self.interval_s)
-                    if now >= next_anchor and odo.grid_points():
-                        pins, burst_until = odo.grid_points(), now + 2 * max(0.1, max(odo.period_s(i) for i in odo.grid_points()))
+                    if now >= next_anchor and pins is None and (self._active is None or self._active()) and (
+                            odo.grid_points()):
+                        period = max(0.1, max(odo.period_s(i) for i in odo.grid_points()))
+                        pins, burst_until = odo.grid_points(), now + REPIN_PERIODS * period
+                        window, target = REPIN_WINDOW_S, None
                         anchor_every = min(2 * anchor_every, REANCHOR_S)
                         next_anchor = now + anchor_every
                 elif probing or bursting:
                     odo.read_counters()
+                    self.burst_reads += bursting
                 else:
                     odo.read_fast()
         finally:

@@ -18,15 +18,17 @@ from .energy import make_plan
 from .errors import RunLogError
 from .odometer import Odometer
 from .recorder import Recorder
-from .sampler import Sampler
+from .sampler import ACTIVE_S, Sampler
 from .spans import RunContext, open_view
 
 log = logging.getLogger("meter")
 
-#: A closed span may wait at most about one sampling interval to be written: when the oldest
-#: has waited half an interval, or this many are queued (about 50 ms of record building), the
-#: thread that closes a span waits (up to BACKPRESSURE_WAIT_S) for the sampler to write them.
+#: A closed span waits at most about one sampling interval to be written: each tick writes
+#: every span closed before it. When the oldest has waited BEHIND_INTERVALS intervals (the
+#: sampler is behind), or this many are queued (about 50 ms of record building), the thread that
+#: closes a span waits (up to BACKPRESSURE_WAIT_S) for the sampler to write them.
 BACKLOG_MAX_SPANS = 512
+BEHIND_INTERVALS = 1.5
 BACKPRESSURE_WAIT_S = 1.0
 #: Records are built and written in chunks of this many spans, so each reaches the disk soon.
 WRITE_CHUNK = 256
@@ -45,20 +47,22 @@ class Session:
         self.info = info
         self.interval_s = interval_s
         self.ctx = RunContext(make_plan(odometer.channels), odometer.faults, run_id, interval_s)
-        from .sampler import ACTIVE_S
-
         self.sampler = Sampler(odometer, interval_s, self.tick, on_first_error=self._record_error,
                                active=lambda: self.recorder.active(ACTIVE_S))
         self.last = odometer.read()
         self.dropped_records = 0
+        self._behind_s = BEHIND_INTERVALS * interval_s
+        self._poke = self.sampler.poke if odometer.has_fast else None
 
     # -- span boundaries (user threads) --------------------------------------------------------
     def enter(self, span) -> None:
         span.ctx = self.ctx
         odo = self.odometer
         with odo.lock:
-            span._start = odo.read_locked()
+            span._start = odo.read_edge_locked()
             self.recorder.opened(span)
+        if self._poke is not None:
+            self._poke()
 
     def exit(self, span) -> bool:
         """Close ``span`` with a read now. False if it was already closed (by ``close``)."""
@@ -66,22 +70,25 @@ class Session:
         with odo.lock:
             if span._end is not None:
                 return False
-            end = odo.read_locked()
-            peak = self.recorder.closed(span)
+            end = odo.read_edge_locked()
+            self.recorder.closed(span)  # its peak is final from here
             with span._lock:
-                span._peak = peak
                 span._end = end
-        rec = self.recorder
-        rec.queue(span)
-        if rec.backlog > BACKLOG_MAX_SPANS or rec.backlog_age_s() > 0.5 * self.interval_s:
-            self.sampler.request_tick(wait=True, timeout=BACKPRESSURE_WAIT_S)
+        if self.writer is not None:  # in memory (write=False) nothing waits to be written
+            rec = self.recorder
+            q = rec.queue(span)
+            if len(q) > BACKLOG_MAX_SPANS or rec.backlog_age_s() > self._behind_s:
+                # The sampler is behind: wait for it, so the backlog stays about one interval.
+                self.sampler.request_tick(wait=True, timeout=BACKPRESSURE_WAIT_S)
+        if self._poke is not None:
+            self._poke()
         return True
 
     def snapshot(self, span):
         odo = self.odometer
         if odo.lock.acquire(timeout=0.05):
             try:
-                end = odo.read_locked()
+                end = odo.read_edge_locked()  # as cheap as a span edge: a Trainer reads one per step
                 peak = dict(span._peak)
             finally:
                 odo.lock.release()
@@ -102,7 +109,7 @@ class Session:
         odo, rec = self.odometer, self.recorder
         with odo.lock:
             odo.check_sensors()
-            snap = odo.read_locked()
+            snap = odo.read_locked(quiet=not rec.active(ACTIVE_S))
             rec.observe(snap)
             odo.note_timeline(snap)
             beat = None
@@ -187,7 +194,7 @@ class Session:
         self.sampler.forget_thread()
         import threading
 
-        self.odometer.lock = threading.Lock()
+        self.odometer.lock = threading.RLock()
         if self.writer is not None:
             self.writer.abandon()
             self.writer = None

@@ -431,9 +431,9 @@ class Track:
         return self._resolve()
 
     def __enter__(self) -> Span:
-        owner = self._owner_now()
-        parent = current_span()
-        while parent is not None and (parent.meter is not owner or parent.closed):
+        owner = self._owner if self._owner is not None else self._owner_now()
+        parent = _current.get()  # the innermost open span of this owner in this context
+        while parent is not None and (parent.meter is not owner or parent._end is not None):
             parent = parent.parent
         span = Span(owner, self._name, parent, dict(self._counts), dict(self._tags), self)
         owner._enter_span(span)

@@ -24,7 +24,8 @@ class Rig:
     """An odometer over fake GPUs, stepped like the sampler thread: probe reads every 1 ms for the
     first PROBE_S, then instantaneous power every 20 ms and a full read every 100 ms."""
 
-    def __init__(self, *gpus, probe_s=1.5):
+    def __init__(self, *gpus, probe_s=1.5, edges=False):
+        self.edges = edges
         self.clock = FakeClock()
         self.nv = FakeNVML(list(gpus), clock=self.clock)
         sensor, _, _ = open_nvml(gpus="all", binding=self.nv, environ={})
@@ -50,14 +51,24 @@ class Rig:
             else:
                 self.odo.read_fast()
 
+    def edge(self):
+        """A span edge as a span reads it (counters only; the rest resolved from later polls),
+        or a full read when ``self.edges`` is False."""
+        if not self.edges:
+            return self.odo.read()
+        with self.odo.lock:
+            return self.odo.read_edge_locked()
+
     def window(self, seconds):
         """(measured J per GPU, true J per GPU, warnings) of a span of ``seconds``."""
         truth0 = [self.nv.true_energy_j(i) for i in range(len(self.nv.gpus))]
-        s = self.odo.read()
+        s = self.edge()
         self.run(seconds)
-        e = self.odo.read()
-        f = span_energy(s, e, self.plan, self.odo.faults)
+        e = self.edge()
         truth = [self.nv.true_energy_j(i) - truth0[i] for i in range(len(self.nv.gpus))]
+        if self.edges:
+            self.run(0.02)  # the sampler's next poll, which the edge is resolved against
+        f = span_energy(s, e, self.plan, self.odo.faults)
         return [d.energy_j for d in f.devices], truth, f.warnings
 
 
@@ -66,9 +77,10 @@ def two_coarse_gpus():
             FakeGPU(uuid="GPU-b", power_w=square(80, 250, 0.7, 0.23), update_period_s=0.1))
 
 
-def test_spans_in_the_first_second_are_right_never_a_whole_update():
+@pytest.mark.parametrize("edges", [False, True], ids=["full-reads", "span-edges"])
+def test_spans_in_the_first_second_are_right_never_a_whole_update(edges):
     rng = random.Random(7)
-    r = Rig(*two_coarse_gpus())
+    r = Rig(*two_coarse_gpus(), edges=edges)
     errors = []
     while r.clock.monotonic() - r.t0 < 1.0:
         got, truth, _ = r.window(rng.uniform(0.03, 0.08))
@@ -80,9 +92,10 @@ def test_spans_in_the_first_second_are_right_never_a_whole_update():
     assert max(errors) <= 0.5
 
 
-def test_after_warm_up_constant_power_is_exact_and_steps_are_close():
+@pytest.mark.parametrize("edges", [False, True], ids=["full-reads", "span-edges"])
+def test_after_warm_up_constant_power_is_exact_and_steps_are_close(edges):
     r = Rig(FakeGPU(uuid="GPU-c", power_w=200.0, update_period_s=0.1), FakeGPU(uuid="GPU-s", power_w=square(100, 300, 0.7),
-                                                                                update_period_s=0.1))
+                                                                                update_period_s=0.1), edges=edges)
     r.run(3.0)  # the probe learns the period and grid
     assert r.odo.period_s(0) == pytest.approx(0.1, abs=0.011)
     for w in (0.02, 0.05, 0.3, 0.5, 2.0):
@@ -199,3 +212,32 @@ def test_a_failed_instant_power_read_is_no_value_not_zero_watts():
     # Not 0 W integrated into the correction: the last power that was read, and it says so.
     assert got[0] == pytest.approx(truth[0], rel=0.01)
     assert any("instantaneous power" in w or "last power read" in w for w in warnings)
+
+
+def test_an_edge_is_resolved_by_its_reader_when_no_poll_followed_it():
+    # Span edges read only the counters; the polled power around them is resolved later. A result
+    # read at once (before the sampler's next poll) polls instantaneous power itself.
+    r = Rig(FakeGPU(uuid="GPU-r", power_w=150.0, update_period_s=0.1), edges=True)
+    r.run(0.5)  # in the probe: the period is not learned, short spans take the polled power
+    with r.odo.lock:
+        s = r.odo.read_edge_locked()
+    r.nv.advance(0.04)
+    with r.odo.lock:
+        e = r.odo.read_edge_locked()
+    assert not s.resolved and not e.resolved
+    f = span_energy(s, e, r.plan, r.odo.faults)
+    assert s.resolved and e.resolved and not r.odo._pending
+    assert f.devices[0].energy_j == pytest.approx(150.0 * 0.04, rel=1e-6)
+    assert f.devices[0].corrected
+
+
+def test_a_continuous_counter_is_learned_as_such_and_stops_being_polled():
+    # A counter that moves at every 1 ms read is not coarse: once learned, its spans take the
+    # counter's own delta (exact), not the polled power (main presumed it coarse for ever).
+    r = Rig(FakeGPU(uuid="GPU-k", power_w=square(100, 300, 0.7)))  # update_period_s=0: continuous
+    r.run(1.0)
+    assert 0.0 < r.odo.period_s(0) <= 0.003
+    assert not r.odo.has_fast  # instantaneous power is no longer polled
+    got, truth, warnings = r.window(0.05)
+    assert got[0] == pytest.approx(truth[0], rel=1e-3)
+    assert not any("instantaneous power" in w for w in warnings)

@@ -72,3 +72,67 @@ def test_truth_closed_form_matches_a_numeric_integral():
 
     numeric = sum(p(t0 + (i + 0.5) * dt) for i in range(n)) * dt
     assert fake_nvml.true_energy_j(dev, t0, t1) == pytest.approx(numeric, rel=1e-4)
+
+
+EDGE_CHILD = r"""
+import json, time
+import pynvml
+from meter.sensors.nvml import open_nvml
+sensor, _, _ = open_nvml(gpus="all")
+out = {"direct": sensor._raw is not None, "ordered": []}
+for _ in range(200):
+    a = sensor.read()
+    b = sensor.read_edge()
+    c = sensor.read()
+    out["ordered"].append(all(x <= y <= z for x, y, z in zip(a, b, c)) and len(b) == 2)
+out["types"] = [type(v).__name__ for v in sensor.read_edge()]
+sensor.close()
+print(json.dumps(out))
+"""
+
+
+def test_span_edges_read_the_counters_with_the_librarys_own_call(lib):
+    # A span edge calls libnvidia-ml's energy function directly (buffers made once, checked against
+    # pynvml's public call at start); its values sit between public reads made just before and after.
+    env = {**os.environ, **fake_nvml.env(lib, DEVICES)}
+    p = subprocess.run([sys.executable, "-c", EDGE_CHILD], capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert out["direct"] is True
+    assert all(out["ordered"])
+    assert out["types"] == ["float", "float"]
+
+
+REPIN_CHILD = r"""
+import json, time
+import meter
+m = meter.Meter(write=False, rapl_root="/nonexistent", gpus="all", sync_cuda=False)
+sm = None
+with m.track("long"):  # no span comes or goes for 4 s: a grid re-pin falls due at 2 s but changes nothing
+    sm = m._session.sampler
+    odo = m._session.odometer
+    time.sleep(4.0)
+    quiet = {"repins": sm.repins, "burst_reads": sm.burst_reads, "pins": odo.grid_points()}
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 1.5:  # steps of 20 ms: the due re-pin runs now
+        with m.track("step"):
+            time.sleep(0.02)
+busy = {"repins": sm.repins, "burst_reads": sm.burst_reads, "pins": odo.grid_points(),
+        "period": odo.period_s(0)}
+m.close()
+print(json.dumps({"quiet": quiet, "busy": busy}))
+"""
+
+
+def test_grids_are_re_pinned_only_while_spans_come_and_go_and_only_around_updates(lib):
+    env = {**os.environ, **fake_nvml.env(lib, [(100.0, 300.0, 0.7, 0.0), (80.0, 250.0, 0.7, 0.2)], update_s=0.1)}
+    p = subprocess.run([sys.executable, "-c", REPIN_CHILD], capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert out["quiet"]["repins"] == 0 and out["quiet"]["burst_reads"] == 0
+    assert out["busy"]["repins"] >= 1
+    # Both grids pinned again, each from 1 ms reads within a few ms of a predicted update (a
+    # burst through two whole periods, as before, made ~200 reads).
+    assert all(out["busy"]["pins"][k] > out["quiet"]["pins"][k] for k in out["quiet"]["pins"])
+    assert out["busy"]["burst_reads"] <= 40 * out["busy"]["repins"]
+    assert abs(out["busy"]["period"] - 0.1) < 0.011

@@ -28,7 +28,7 @@ from .base import ESTIMATED, Channel, Fault
 DEFAULT_W_PER_THREAD = 4.0
 DEFAULT_SOURCE = "CodeCarbon's figure for CPUs it does not know: 4 W per thread"
 RAM_W_PER_GB = 0.3725
-RSS_EVERY_S = 0.1
+RSS_EVERY_S = 1.0
 RAM_SOURCE = "Green Algorithms (Lannelongue et al. 2021), memoryPower 0.3725 W/GB"
 
 _CORES = re.compile(r"(\d+)[- ]core", re.I)
@@ -49,7 +49,8 @@ def _tokens(text: str) -> list[str]:
 
 
 @lru_cache(maxsize=1)
-def _tdp_table() -> tuple[tuple[tuple[str, ...], str, float], ...]:
+def _tdp_rows() -> tuple[tuple[str, str, float], ...]:
+    """codecarbon's ``cpu_power.csv`` as (name, lowercased name, TDP W), read once."""
     data = codecarbon_data_dir()
     if data is None:
         return ()
@@ -57,8 +58,8 @@ def _tdp_table() -> tuple[tuple[tuple[str, ...], str, float], ...]:
     with open(os.path.join(data, "hardware", "cpu_power.csv"), encoding="utf-8-sig") as f:
         for row in csv.DictReader(f):
             try:
-                rows.append((tuple(_tokens(row["Name"])), row["Name"], float(row["TDP"])))
-            except (KeyError, ValueError):
+                rows.append((row["Name"], row["Name"].lower(), float(row["TDP"])))
+            except (KeyError, ValueError, AttributeError):
                 continue
     return tuple(rows)
 
@@ -69,12 +70,18 @@ def lookup_tdp(model: str) -> tuple[float | None, str]:
     A table row matches when every token of its name appears in the model string; the longest
     such name wins, so "Xeon Gold 6248R" beats "Xeon Gold 6248" only when the R is present.
     """
-    table = _tdp_table()
+    table = _tdp_rows()
     if not table:
         return None, "codecarbon's cpu_power.csv not found (pip install codecarbon)"
     have = set(_tokens(model))
+    # A matching row has a token with a digit that is one of the model's tokens, and each of a
+    # row's tokens is a substring of its lowercased name: only those rows are tokenised.
+    keys = [t for t in have if any(ch.isdigit() for ch in t)]
     best = None
-    for toks, name, tdp in table:
+    for name, lower, tdp in table:
+        if not any(k in lower for k in keys):
+            continue
+        toks = _tokens(name)
         if toks and have.issuperset(toks) and any(any(ch.isdigit() for ch in t) for t in toks):
             if best is None or len(toks) > len(best[0]):
                 best = (toks, name, tdp)
@@ -185,6 +192,10 @@ class EstimateSensor:
     """
 
     name = "estimate"
+    #: A span edge does not read the estimates: it extends both from the sampler thread's last
+    #: reading at their last rate (an estimate is a model; reading CPU time and resident memory
+    #: at every edge would cost the user's loop more than it changes the figure).
+    reads_at_edges = False
 
     def __init__(self, *, cpu: bool = True, ram: bool = True, cpu_tdp_w: float | None = None,
                  cpu_power_w: float | None = None, pid: int | str | None = None, model: str | None = None):
@@ -271,8 +282,8 @@ class EstimateSensor:
         return self._peak_cpu_s * self.w_per_thread
 
     def _ram_w(self) -> float:
-        # Resident memory moves slowly; reading it (a /proc parse) at most every 0.1 s keeps span
-        # edges cheap. The sampler integrates the held value, like any power reading.
+        # Resident memory moves slowly; reading it (a /proc parse) at most every RSS_EVERY_S keeps
+        # the sampler's ticks cheap. The sampler integrates the held value, like any power reading.
         now = time.monotonic()
         if now - self._rss_t < RSS_EVERY_S:
             return self._rss_w

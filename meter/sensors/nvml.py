@@ -16,7 +16,7 @@ import sys
 from typing import Any, Sequence
 
 from ..errors import ConfigError
-from ..units import mj_to_j, mw_to_w
+from ..units import MJ_PER_J, mj_to_j, mw_to_w
 from .base import COUNTER, POWER_INTEGRATED, Channel, Fault, Unavailable
 
 FI_DEV_POWER_INSTANT = 186
@@ -249,6 +249,26 @@ def _shutdown(nv: Any) -> None:
         pass
 
 
+def _raw_energy_call(nv: Any, handles: tuple) -> tuple | None:
+    """pynvml's C function for the energy counter, with one result buffer per device, checked
+    once against the public call; None for other bindings (FakeNVML) or on any doubt."""
+    get_fn = getattr(nv, "_nvmlGetFunctionPointer", None)
+    if get_fn is None:
+        return None
+    try:
+        import ctypes
+
+        fn = get_fn("nvmlDeviceGetTotalEnergyConsumption")
+        bufs = tuple(ctypes.c_uint64() for _ in handles)
+        pairs = tuple((h, ctypes.byref(b)) for h, b in zip(handles, bufs, strict=True))
+        for (h, ref), b in zip(pairs, bufs, strict=True):
+            if fn(h, ref) != 0 or b.value > nv.nvmlDeviceGetTotalEnergyConsumption(h):
+                return None
+        return fn, pairs, bufs
+    except Exception:  # noqa: BLE001 - the public call stays in use
+        return None
+
+
 def _field_value(v: Any) -> float:
     vt = int(v.valueType)
     val = v.value
@@ -298,6 +318,11 @@ class NvmlSensor:
         self._readers = tuple(readers)
         self._power_readers = tuple(self._instant_reader(d) for d in devs)
         self._dead: dict[int, Fault] = {}
+        # Every channel an energy counter and no device lost: an edge is one call per device.
+        self._edge_plain = all(c.mode == "energy" for c in self.channels)
+        self._energy_fn = getattr(nv, "nvmlDeviceGetTotalEnergyConsumption", None)
+        self._handles = tuple(d.handle for d in devs)
+        self._raw = _raw_energy_call(nv, self._handles) if self._edge_plain else None
 
     def _max_power(self, d: _Dev) -> dict:
         try:
@@ -361,28 +386,58 @@ class NvmlSensor:
         return (lambda: mw_to_w(nv.nvmlDeviceGetPowerUsage(h))), POWER_INTEGRATED, f"nvmlDeviceGetPowerUsage; {why}"
 
     def read(self) -> tuple:
-        out = []
-        for i, r in enumerate(self._readers):
-            dead = self._dead.get(i)
-            if dead is not None:
-                out.append(dead)
-                continue
+        raw = self._raw
+        if raw is not None and self._edge_plain:
+            fn, pairs, bufs = raw
+            for h, ref in pairs:
+                if fn(h, ref):
+                    break
+            else:
+                return tuple([b.value / MJ_PER_J for b in bufs])
+        return tuple([self._read_index(i) for i in range(len(self._readers))])
+
+    def read_edge(self) -> tuple:
+        """What a span edge reads: the energy counters, one NVML call per device. Power-only
+        channels give None: the sampler thread polls them and the edge extends their last value."""
+        if self._edge_plain:
+            raw = self._raw
+            if raw is not None:
+                # The library's own function, called with buffers made once: the same C call as
+                # pynvml's wrapper without its per-call lookup, allocation and checks. Any
+                # return code but success is read again through the path that makes Faults.
+                fn, pairs, bufs = raw
+                for h, ref in pairs:
+                    if fn(h, ref):
+                        return tuple([self._read_index(i) for i in range(len(self._readers))])
+                return tuple([b.value / MJ_PER_J for b in bufs])
+            get = self._energy_fn
             try:
-                out.append(r())
-            except Exception as exc:  # noqa: BLE001 - NVML errors become Faults, never raise
-                code = _code(exc)
-                permanent = code in _PERMANENT_CODES
-                fault = Fault(
-                    f"{self.channels[i].key}: {exc}",
-                    "the GPU fell off the bus or needs a reset; see `nvidia-smi` and dmesg"
-                    if permanent
-                    else "a transient NVML error; the next read will try again",
-                    permanent,
-                )
-                if permanent:
-                    self._dead[i] = fault
-                out.append(fault)
-        return tuple(out)
+                return tuple([get(h) / MJ_PER_J for h in self._handles])
+            except Exception:  # noqa: BLE001 - read again through the path that turns errors into Faults
+                return self.read()
+        return tuple([None if self.channels[i].mode == "power" else self._read_index(i)
+                      for i in range(len(self._readers))])
+
+    def _read_index(self, i: int):
+        dead = self._dead.get(i)
+        if dead is not None:
+            return dead
+        try:
+            return self._readers[i]()
+        except Exception as exc:  # noqa: BLE001 - NVML errors become Faults, never raise
+            code = _code(exc)
+            permanent = code in _PERMANENT_CODES
+            fault = Fault(
+                f"{self.channels[i].key}: {exc}",
+                "the GPU fell off the bus or needs a reset; see `nvidia-smi` and dmesg"
+                if permanent
+                else "a transient NVML error; the next read will try again",
+                permanent,
+            )
+            if permanent:
+                self._dead[i] = fault
+                self._edge_plain = False
+            return fault
 
     def close(self) -> None:
         _shutdown(self._nv)
