@@ -93,7 +93,8 @@ def _cmd_run(args) -> int:
     # that for every run), or nothing at all with --no-argv.
     from .redact import env_secrets, mask_argv
 
-    m = Meter(region=args.region, pue=args.pue, interval_s=args.interval, output_dir=args.output,
+    m = Meter(region=args.region, pue=args.pue, interval_s=args.interval, quiet_interval_s=args.quiet_interval,
+              output_dir=args.output,
               run_name=args.name, carbon=args.carbon, pid="children", sync_cuda=False,
               argv=[] if args.no_argv else mask_argv(sys.argv, env_secrets()))
     m.start()  # writes run.json, with the argv above
@@ -304,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--pue", type=float, help="power usage effectiveness of the facility, >= 1 (default 1.0)")
     r.add_argument("--output", metavar="DIR", help="output directory for the run log (default meter-runs)")
     r.add_argument("--interval", type=float, metavar="S", help="sampling interval in seconds (default 0.1)")
+    r.add_argument("--quiet-interval", type=float, metavar="S",
+                   help="longest gap between samples while no stage starts or ends (default 1.0; "
+                        "equal to --interval for a fixed cadence)")
     r.add_argument("--name", help="stage name (default: the command's name)")
     r.add_argument("--carbon", help="live intensity provider: electricitymaps[:ZONE] or uk[:GB-N] (default offline)")
     r.add_argument("-q", "--quiet", action="store_true", help="no live line and no summary")

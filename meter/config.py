@@ -15,6 +15,7 @@ DEFAULTS: dict[str, Any] = {
     "region": None,
     "pue": 1.0,
     "interval_s": 0.1,
+    "quiet_interval_s": 1.0,
     "output_dir": "meter-runs",
     "gpus": "visible",
     "rapl_root": "/sys/class/powercap",
@@ -29,6 +30,7 @@ ENV = {
     "region": "METER_REGION",
     "pue": "METER_PUE",
     "interval_s": "METER_INTERVAL_S",
+    "quiet_interval_s": "METER_QUIET_INTERVAL_S",
     "output_dir": "METER_OUTPUT_DIR",
     "gpus": "METER_GPUS",
     "rapl_root": "METER_RAPL_ROOT",
@@ -47,6 +49,7 @@ class Config:
     rapl_root: str
     carbon: str = "offline"
     cpu_power_w: float | None = None  # W per busy hardware thread for the CPU estimate
+    quiet_interval_s: float = 1.0  # the longest gap between ticks while no span enters or exits
     sources: Mapping[str, str] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
@@ -54,6 +57,7 @@ class Config:
             "region": self.region,
             "pue": self.pue,
             "interval_s": self.interval_s,
+            "quiet_interval_s": self.quiet_interval_s,
             "output_dir": os.path.abspath(self.output_dir),
             "gpus": self.gpus if isinstance(self.gpus, str) else list(self.gpus),
             "rapl_root": self.rapl_root,
@@ -61,6 +65,18 @@ class Config:
             "cpu_power_w": self.cpu_power_w,
             "sources": dict(self.sources),
         }
+
+
+def _interval(name: str, value, source: str, default: float) -> float:
+    interval = _float(name, value, source)
+    if not interval > 0:
+        raise ConfigError(f"{name}={interval} from {source}: the sampling interval must be > 0 seconds (default {default:g})")
+    if interval < 0.001:
+        raise ConfigError(f"{name}={interval} from {source}: below 1 ms the sampler costs more than it sees; use >= 0.001")
+    if not interval <= MAX_INTERVAL_S:
+        raise ConfigError(f"{name}={interval} from {source}: the run log is written every interval, so "
+                          f"use at most {MAX_INTERVAL_S:g} s (default {default:g})")
+    return interval
 
 
 def suggest(name: str, known) -> str:
@@ -231,14 +247,8 @@ def resolve(args: Mapping[str, Any], environ: Mapping[str, str] | None = None, p
     if not 1.0 <= pue <= MAX_PUE:
         raise ConfigError(f"pue={pue} from {sources['pue']}: PUE is facility energy / IT energy, between 1 (no overhead) "
                           f"and {MAX_PUE:g}; data centres report 1.05-2")
-    interval = _float("interval_s", values["interval_s"], sources["interval_s"])
-    if not interval > 0:
-        raise ConfigError(f"interval_s={interval} from {sources['interval_s']}: the sampling interval must be > 0 seconds (default 0.1)")
-    if interval < 0.001:
-        raise ConfigError(f"interval_s={interval}: below 1 ms the sampler costs more than it sees; use >= 0.001")
-    if not interval <= MAX_INTERVAL_S:
-        raise ConfigError(f"interval_s={interval} from {sources['interval_s']}: the run log is written every interval, so "
-                          f"use at most {MAX_INTERVAL_S:g} s (default 0.1)")
+    interval = _interval("interval_s", values["interval_s"], sources["interval_s"], 0.1)
+    quiet = _interval("quiet_interval_s", values["quiet_interval_s"], sources["quiet_interval_s"], 1.0)
     cpu_power = values["cpu_power_w"]
     if cpu_power is not None:
         cpu_power = _float("cpu_power_w", cpu_power, sources["cpu_power_w"])
@@ -259,6 +269,7 @@ def resolve(args: Mapping[str, Any], environ: Mapping[str, str] | None = None, p
         region=region,
         pue=pue,
         interval_s=interval,
+        quiet_interval_s=quiet,
         output_dir=_path("output_dir", values["output_dir"], sources["output_dir"]),
         gpus=validate_gpus(values["gpus"], sources["gpus"]),
         rapl_root=_path("rapl_root", values["rapl_root"], sources["rapl_root"]),

@@ -25,7 +25,7 @@ from .units import S_PER_HOUR
 log = logging.getLogger("meter")
 
 _ARG_NAMES = (
-    "carbon", "cpu_power_w", "region", "pue", "interval_s", "output_dir", "gpus", "rapl_root", "run_name", "write", "sensors",
+    "carbon", "cpu_power_w", "region", "pue", "interval_s", "quiet_interval_s", "output_dir", "gpus", "rapl_root", "run_name", "write", "sensors",
     "nvml", "clock", "cpu_tdp_w", "pid", "sync_cuda", "distributed", "environ", "pyproject", "argv",
 )
 
@@ -35,8 +35,13 @@ class Meter:
 
     Arguments override ``METER_*`` environment variables, which override ``[tool.meter]`` in the
     nearest pyproject.toml, which override the defaults (region None = world average with a
-    warning; pue 1.0; interval_s 0.1; output_dir "meter-runs"; gpus "visible";
+    warning; pue 1.0; interval_s 0.1; quiet_interval_s 1.0; output_dir "meter-runs"; gpus "visible";
     rapl_root "/sys/class/powercap").
+
+    The sampler ticks every ``interval_s`` while spans enter and exit; while none does, its ticks
+    spread out (10% of the quiet time so far) up to ``quiet_interval_s``, and the next span edge
+    brings them back. Span figures do not depend on it; ``quiet_interval_s=interval_s`` keeps the
+    samples.csv cadence fixed.
 
     ``write=False`` keeps everything in memory (no run directory). ``sensors=`` replaces sensor
     discovery (tests, custom hardware); ``nvml=`` is a pynvml-compatible binding; ``clock=``
@@ -50,7 +55,8 @@ class Meter:
 
     def __init__(self, region: str | None = None, pue: float | None = None, interval_s: float | None = None,
                  output_dir: str | None = None, gpus: Any = None, rapl_root: str | None = None, *,
-                 carbon: str | None = None, cpu_power_w: float | None = None, run_name: str | None = None, write: bool = True,
+                 carbon: str | None = None, cpu_power_w: float | None = None, quiet_interval_s: float | None = None,
+                 run_name: str | None = None, write: bool = True,
                  sensors: list | None = None, nvml: Any = None, clock: Any = None, cpu_tdp_w: float | None = None,
                  pid: int | None = None, sync_cuda: bool = True, distributed: bool = True,
                  environ: dict | None = None, pyproject: str | None = None, argv: list | None = None, **unknown: Any):
@@ -60,7 +66,8 @@ class Meter:
         _check_objects(environ=environ, clock=clock, sensors=sensors)
         self.config = config_mod.resolve(
             {"region": region, "pue": pue, "interval_s": interval_s, "output_dir": output_dir, "gpus": gpus,
-             "rapl_root": rapl_root, "carbon": carbon, "cpu_power_w": cpu_power_w}, environ, pyproject)
+             "rapl_root": rapl_root, "carbon": carbon, "cpu_power_w": cpu_power_w,
+             "quiet_interval_s": quiet_interval_s}, environ, pyproject)
         _check_args(cpu_tdp_w=cpu_tdp_w, pid=pid, run_name=run_name, write=write, sync_cuda=sync_cuda,
                     distributed=distributed)
         if argv is not None and not isinstance(argv, (str, bytes)):
@@ -137,7 +144,8 @@ class Meter:
                 self._session = open_session(
                     config=self.config, clock=self.clock, discovery_fn=discover, write=self._write,
                     run_id=make_run_id(self.clock, self.run_name, self.rank), run_name=self.run_name,
-                    interval_fn=lambda d: safe_interval(self.config.interval_s, d),
+                    interval_fn=lambda d: (safe_interval(self.config.interval_s, d), safe_interval(
+                        max(self.config.quiet_interval_s, self.config.interval_s), d, "quiet_interval_s")),
                     distributed=dist_info, argv=self._argv)
             except MeterError:
                 raise

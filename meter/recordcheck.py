@@ -170,7 +170,7 @@ _HOST = obj({"hostname": opt(is_str), "os": opt(is_str), "machine": opt(is_str),
              "gpus": opt(list_of(_GPU)), "torch_version": opt(is_str), "transformers_version": opt(is_str),
              "nvidia_driver": opt(is_str)})
 _CONFIG = obj({"region": opt(is_str), "pue": opt(lambda v: is_num(v) and v >= 1.0), "interval_s": opt(is_nonneg),
-               "carbon": opt(is_str), "sources": opt(dict_of(is_str)), "output_dir": opt(is_str)})
+               "quiet_interval_s": opt(is_nonneg), "carbon": opt(is_str), "sources": opt(dict_of(is_str)), "output_dir": opt(is_str)})
 
 def _rank(v: Any) -> bool:
     return is_int(v) and v >= 0
@@ -198,6 +198,7 @@ RUN_FIELDS: dict[str, tuple[Check, Any]] = {
     "notes": (opt(list_of(is_str)), []),
     "faults": (opt(list_of(dict_of(_json_scalar_or_container))), []),
     "interval_s": (opt(is_nonneg), None),
+    "quiet_interval_s": (opt(is_nonneg), None),
     "host": (opt(_HOST), {}),
     "clock": (opt(obj({"system_clock_moved_s": opt(is_num), "note": opt(is_str)})), None),
     "distributed": (opt(obj(DISTRIBUTED)), None),

@@ -1,6 +1,7 @@
 """The one background thread: when to read, never what a reading means or where it goes.
 
-Every ``interval_s`` it runs a full *tick* (the callback given to it: read every sensor, write
+Every ``interval_s`` (further apart, up to ``quiet_interval_s``, while no span enters or exits:
+see QUIET_RAMP) it runs a full *tick* (the callback given to it: read every sensor, write
 the run log). Between ticks it polls what needs polling more often: power-only GPUs and coarse
 counters' instantaneous power (every ~20 ms, jittered so a periodic load cannot alias), and,
 interleaved with ticks from the very first one, 1 ms probe reads that learn a coarse counter's
@@ -41,16 +42,30 @@ PROBE_IDLE_S = 0.3
 REANCHOR_S = 30.0
 REPIN_WINDOW_S = 0.004
 REPIN_PERIODS = 8
+#: While no span enters or exits, ticks spread out: the gap between them is QUIET_RAMP x the
+#: time since the last span edge (or the start), at least ``interval_s`` and at most
+#: ``quiet_interval_s``. Nothing a span reports depends on it (its edges are read synchronously
+#: and counters are cumulative); what spreads out is the samples.csv timeline, the peak power of
+#: long spans and, on SIGKILL, the unwritten tail of a span left open (at most 10% of the quiet
+#: time, and at most ``quiet_interval_s``). The first span edge after a quiet stretch wakes the
+#: thread, and ticks are back at ``interval_s`` at once.
+QUIET_RAMP = 0.1
 
 
 class Sampler:
     """Schedules reads of ``odometer`` and calls ``tick`` every ``interval_s`` on its thread."""
 
     def __init__(self, odometer, interval_s: float, tick: Callable[[], None], on_first_error: Callable[[], None] | None = None,
-                 active: Callable[[], bool] | None = None):
+                 active: Callable[[], bool] | None = None, quiet_interval_s: float | None = None,
+                 last_edge: Callable[[], float] | None = None):
         self.odometer = odometer
         self._active = active  # whether fast polling changes an answer now (spans coming and going)
         self.interval_s = interval_s
+        #: The longest gap between ticks while no span edge happens; None: always ``interval_s``.
+        self.quiet_interval_s = quiet_interval_s if quiet_interval_s is not None and last_edge is not None else None
+        self._last_edge = last_edge  # time.monotonic() of the last span entry or exit
+        self._started = time.monotonic()
+        self._stretched = False  # sleeping past the next ``interval_s`` tick (a quiet stretch)
         self._tick_fn = tick
         self._on_first_error = on_first_error
         self.fast_interval_s: float | None = None  # override of FAST_POWER_INTERVAL_S (tests, benchmarks)
@@ -97,12 +112,22 @@ class Sampler:
             return self._cv.wait_for(lambda: self._done >= target or not self.running, timeout) and self._done >= target
 
     def poke(self) -> None:
-        """A span edge happened: if the thread is sleeping until its next tick, wake it for a
-        power poll now (the edge is resolved against it) and the fast polling that follows
-        edges. Costs one attribute read when the thread already polls fast."""
-        if self._slow:
-            self._slow = False
+        """A span edge happened: if the thread is sleeping through a quiet stretch, wake it so
+        that ticks are back at ``interval_s`` (a closed span is written within one interval);
+        if it sleeps until its next tick with coarse counters to poll, wake it for a power poll
+        now (the edge is resolved against it) and the fast polling that follows edges. Costs
+        two attribute reads when the thread already ticks and polls at its fast cadence."""
+        if self._stretched or (self._slow and self.odometer.has_fast):
+            self._slow = self._stretched = False
             self._wake.set()
+
+    def gap_s(self, now: float) -> float:
+        """The time between the last tick and the next one, as of ``now``."""
+        q = self.quiet_interval_s
+        if q is None or q <= self.interval_s:
+            return self.interval_s
+        since = now - max(self._last_edge(), self._started)
+        return min(q, max(self.interval_s, QUIET_RAMP * since))
 
     def stop(self, timeout: float = 5.0) -> bool:
         """Stop after one final tick. True when the thread ended within ``timeout``."""
@@ -156,7 +181,7 @@ class Sampler:
         anchor_every, next_anchor = 2.0, now + 2.0
         pins: dict[int, int] | None = None  # grid points when a re-pin burst started
         burst_until, window, target = 0.0, REPIN_WINDOW_S, None
-        next_full = now + self.interval_s
+        last_full = now  # when the last full tick was due
         try:
             while not self._stopping:
                 now = time.monotonic()
@@ -185,10 +210,14 @@ class Sampler:
                     fast = base * random.uniform(0.5, 1.5)
                 else:
                     fast = None
+                self._stretched = True  # before the edge time is read: an edge from now on wakes it
+                gap = self.gap_s(now)
+                self._stretched = gap > self.interval_s
+                next_full = last_full + gap
                 remaining = max(0.0, next_full - now)
                 self._slow = fast is None
                 woke = self._wake.wait(remaining if fast is None else min(fast, remaining))
-                self._slow = False
+                self._slow = self._stretched = False
                 if self._stopping:
                     break
                 if woke:
@@ -199,9 +228,10 @@ class Sampler:
                         odo.read_fast()  # poked by a span edge
                     continue
                 now = time.monotonic()
+                next_full = last_full + self.gap_s(now)  # an edge during the wait shortens it
                 if now >= next_full:
                     self._serve()
-                    next_full = max(next_full + self.interval_s, now + 0.5 * self.interval_s)
+                    last_full = max(next_full, now - 0.5 * self.interval_s)
                     if now >= next_anchor and pins is None and (self._active is None or self._active()) and (
                             odo.grid_points()):
                         period = max(0.1, max(odo.period_s(i) for i in odo.grid_points()))

@@ -37,7 +37,8 @@ WRITE_CHUNK = 256
 class Session:
     """The parts of one run. Built by :func:`open_session`."""
 
-    def __init__(self, discovery, odometer: Odometer, interval_s: float, run_id: str, writer, info: dict):
+    def __init__(self, discovery, odometer: Odometer, interval_s: float, run_id: str, writer, info: dict,
+                 quiet_interval_s: float | None = None):
         self.discovery = discovery
         self.odometer = odometer
         self.recorder = Recorder(odometer.channels)
@@ -47,12 +48,14 @@ class Session:
         self.info = info
         self.interval_s = interval_s
         self.ctx = RunContext(make_plan(odometer.channels), odometer.faults, run_id, interval_s)
+        rec = self.recorder
         self.sampler = Sampler(odometer, interval_s, self.tick, on_first_error=self._record_error,
-                               active=lambda: self.recorder.active(ACTIVE_S))
+                               active=lambda: rec.active(ACTIVE_S), quiet_interval_s=quiet_interval_s,
+                               last_edge=lambda: rec.last_edge)
         self.last = odometer.read()
         self.dropped_records = 0
         self._behind_s = BEHIND_INTERVALS * interval_s
-        self._poke = self.sampler.poke if odometer.has_fast else None
+        self._poke = self.sampler.poke
 
     # -- span boundaries (user threads) --------------------------------------------------------
     def enter(self, span) -> None:
@@ -61,8 +64,7 @@ class Session:
         with odo.lock:
             span._start = odo.read_edge_locked()
             self.recorder.opened(span)
-        if self._poke is not None:
-            self._poke()
+        self._poke()
 
     def exit(self, span) -> bool:
         """Close ``span`` with a read now. False if it was already closed (by ``close``)."""
@@ -80,8 +82,7 @@ class Session:
             if len(q) > BACKLOG_MAX_SPANS or rec.backlog_age_s() > self._behind_s:
                 # The sampler is behind: wait for it, so the backlog stays about one interval.
                 self.sampler.request_tick(wait=True, timeout=BACKPRESSURE_WAIT_S)
-        if self._poke is not None:
-            self._poke()
+        self._poke()
         return True
 
     def snapshot(self, span):
@@ -210,7 +211,8 @@ def run_info(session_parts: dict[str, Any]) -> dict[str, Any]:
         "run_id": session_parts["run_id"], "run_name": session_parts["run_name"],
         "started_utc": session_parts["started_utc"], "config": session_parts["config"].describe(),
         "channels": [c.describe() for c in odo.channels], "unavailable": [u.describe() for u in d.unavailable],
-        "notes": list(d.notes), "interval_s": session_parts["interval_s"], "host": describe_host(d),
+        "notes": list(d.notes), "interval_s": session_parts["interval_s"],
+        "quiet_interval_s": session_parts.get("quiet_interval_s"), "host": describe_host(d),
         "pid": os.getpid(), "argv": list(sys.argv if session_parts.get("argv") is None else session_parts["argv"]),
         "distributed": session_parts["distributed"],
     }
@@ -227,7 +229,7 @@ def open_session(*, config, clock, discovery_fn, write: bool, run_id: str, run_n
         for s in discovery.sensors:
             stack.callback(_close_quietly, s)
         odometer = Odometer(discovery.sensors, clock)
-        interval = interval_fn(discovery)
+        interval, quiet = interval_fn(discovery)
         writer = None
         started = utc_iso(clock.wall())
         if write:
@@ -241,9 +243,10 @@ def open_session(*, config, clock, discovery_fn, write: bool, run_id: str, run_n
                                   "writable directory") from exc
             stack.callback(writer.close, remove_heartbeat=False)
         info = run_info({"discovery": discovery, "odometer": odometer, "run_id": run_id, "run_name": run_name,
-                         "started_utc": started, "config": config, "interval_s": interval, "distributed": distributed,
+                         "started_utc": started, "config": config, "interval_s": interval, "quiet_interval_s": quiet,
+                         "distributed": distributed,
                          "argv": argv})
-        session = Session(discovery, odometer, interval, run_id, writer, info)
+        session = Session(discovery, odometer, interval, run_id, writer, info, quiet_interval_s=quiet)
         if writer is not None:
             writer.write_run(info)
             writer.append_sample(session.last)
@@ -274,13 +277,13 @@ def discover_sensors(config, *, given, nvml, cpu_tdp_w, pid, environ, owner=None
     return d
 
 
-def safe_interval(interval: float, discovery) -> float:
-    """The sampling interval, shortened so that no RAPL counter can wrap twice between ticks."""
+def safe_interval(interval: float, discovery, name: str = "interval_s") -> float:
+    """A sampling interval, shortened so that no RAPL counter can wrap twice between ticks."""
     for s in discovery.sensors:
         wrap = getattr(s, "wrap_period_s", lambda: None)()
         if wrap is not None and interval > wrap / 4:
             safe = wrap / 4
-            discovery.notes.append(f"interval_s={interval:g} s is too long for RAPL counters that can wrap every "
+            discovery.notes.append(f"{name}={interval:g} s is too long for RAPL counters that can wrap every "
                                    f"{wrap:.3g} s at full power; sampling every {safe:.3g} s instead")
             log.warning("meter: %s", discovery.notes[-1])
             interval = safe

@@ -196,7 +196,7 @@ def _run(info: dict, rows: list[dict]) -> dict[str, Any]:
         "software": {k: host.get(k) for k in ("os", "python", "meter", "torch_version", "transformers_version", "nvidia_driver") if host.get(k)},
         "region": cfg.get("region"), "intensity": inten, "pue": _num(cfg.get("pue")) or 1.0,
         "config_sources": cfg.get("sources") or {},
-        "interval_s": info.get("interval_s"),
+        "interval_s": info.get("interval_s"), "quiet_interval_s": info.get("quiet_interval_s"),
         "sensors": info.get("channels", []), "unavailable": info.get("unavailable", []), "notes": list(info.get("notes") or []) + _clock_notes(info),
         "faults": info.get("faults", []),
         "stages": stages,

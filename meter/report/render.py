@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ..recordcheck import is_num
 from .escape import clean, md, md_code, tex
 
 PROV = {"counter": "ctr", "power-integrated": "pwr", "estimated": "est", "mixed": "mix", None: "?"}
@@ -148,8 +149,17 @@ def sensor_lines(run: dict) -> list[str]:
     out.append(f"grid intensity: {intensity_text(run)}" + (f"; region from {src['region']}" if src.get("region") else ""))
     out.append(f"PUE {fmt(run['pue'])}" + (f" (from {src['pue']})" if src.get("pue") else "")
                + ": facility energy = IT energy x PUE; emissions include it")
-    out.append(f"sampling every {fmt(run['interval_s'])} s, plus synchronous reads at every stage's edges")
+    out.append(sampling_text(run))
     return out
+
+
+def sampling_text(run: dict) -> str:
+    """How often the run was sampled: the fixed cadence, or the quiet cadence it spreads to."""
+    every, quiet = run.get("interval_s"), run.get("quiet_interval_s")
+    text = f"sampling every {fmt(every)} s"
+    if is_num(quiet) and is_num(every) and quiet > every:
+        text += f" while stages start and end, up to every {fmt(quiet)} s while none does"
+    return text + ", plus synchronous reads at every stage's edges"
 
 
 def run_markdown(card: dict, run: dict, *, level: int = 1) -> list[str]:
