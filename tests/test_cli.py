@@ -38,6 +38,22 @@ def test_run_passes_exit_code_and_output_through(tmp_path):
     assert df["intensity_zone"].iloc[0] == "FR"
 
 
+def test_run_takes_the_sampling_cadence(tmp_path):
+    out = tmp_path / "runs"
+    p = run("run", "--output", str(out), "--interval", "0.05", "--quiet-interval", "0.05", "-q", "--",
+            sys.executable, "-c", "import time; time.sleep(2.0)")
+    assert p.returncode == 0, p.stderr
+    (run_dir,) = [os.path.join(out, d) for d in os.listdir(out)]
+    info = json.load(open(os.path.join(run_dir, "run.json")))
+    assert info["interval_s"] == 0.05 and info["quiet_interval_s"] == 0.05
+    assert info["config"]["sources"]["quiet_interval_s"] == "argument"
+    with open(os.path.join(run_dir, "samples.csv")) as f:
+        t = [float(line.split(",")[1]) for line in f.read().splitlines()[1:]]
+    gaps = sorted(b - a for a, b in zip(t, t[1:]))
+    # Fixed: gaps of 0.05 s. The quiet ramp would make half of them 0.08-0.2 s over these 2 s.
+    assert len(gaps) >= 20 and gaps[int(0.9 * len(gaps))] < 0.08
+
+
 def test_run_stdin_passes_through(tmp_path):
     p = subprocess.run([*METER, "run", "--output", str(tmp_path), "-q", "--", sys.executable, "-c",
                         "import sys; print(sys.stdin.read().upper())"], input="abc", capture_output=True, text=True, timeout=60)
@@ -186,6 +202,8 @@ def test_configuration_errors_exit_2_with_one_line_and_the_fix(tmp_path):
     assert recorded_spans(tmp_path / "r") == []  # CMD never started
     p = run("run", "--output", str(tmp_path / "r"), "--", "true", env={**os.environ, "METER_PUE": "0.5"})
     assert_config_error(p, "pue=0.5", "between 1")
+    assert_config_error(run("run", "--output", str(tmp_path / "r"), "--quiet-interval", "0", "--", "true"),
+                        "quiet_interval_s=0")
     (tmp_path / "proj").mkdir()
     (tmp_path / "proj" / "pyproject.toml").write_text("[tool.meter]\nregoin = 'FR'\n")
     p = subprocess.run([*METER, "doctor"], capture_output=True, text=True, timeout=60, cwd=tmp_path / "proj",
