@@ -151,8 +151,14 @@ class _Chan:
 
     @property
     def period_s(self) -> float:
+        """The update period: declared, else the pinned grid's once it is ready (a least-squares
+        fit over seconds of updates), else the longest flat stretch seen (a lower bound that
+        sparse reads, 20 ms apart at span edges, pull down by up to a read gap)."""
         if self.declared is not None:
             return float(self.declared)
+        g = self.grid
+        if g is not None and g.ready:
+            return g.period
         return self.learner.period_s if self.learner is not None else 0.0
 
     def age_s(self, t: float) -> float | None:
@@ -474,12 +480,10 @@ class Odometer:
             if c.learner.changed(t - last_t):
                 self._set_periods()
                 self._learned(i, c)
-            elif c.learner.known:
-                p = c.learner.period_s
-                if p != self._periods[i]:
-                    self._set_periods()
             if c.grid is not None:
                 c.grid.observe(last_t, t, c.period_s)
+            if c.learner.known and c.period_s != self._periods[i]:
+                self._set_periods()
             c.before_t = last_t
         c.changes.append((t, c.odo))
         t0, e0 = c.changes[0]

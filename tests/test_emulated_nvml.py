@@ -135,4 +135,6 @@ def test_grids_are_re_pinned_only_while_spans_come_and_go_and_only_around_update
     # burst through two whole periods, as before, made ~200 reads).
     assert all(out["busy"]["pins"][k] > out["quiet"]["pins"][k] for k in out["quiet"]["pins"])
     assert out["busy"]["burst_reads"] <= 40 * out["busy"]["repins"]
-    assert abs(out["busy"]["period"] - 0.1) < 0.011
+    # The period is the pinned grid's least-squares fit (pins within ~1 ms over >= 5 periods),
+    # not the longest flat stretch, which sparse 20 ms reads pulled down to 0.082-0.099 s.
+    assert abs(out["busy"]["period"] - 0.1) < 0.003
