@@ -122,7 +122,8 @@ class Forecast:
 
     def __init__(self, min_fraction: float = 0.05, min_steps: int = 3):
         self.min_fraction, self.min_steps = min_fraction, min_steps
-        self.k = 0
+        self.k = 0  # steps in the statistics
+        self.groups = 0  # readings they came in
         self._mean = 0.0
         self._m2 = 0.0
         self.first: dict[str, float] | None = None
@@ -130,27 +131,30 @@ class Forecast:
         self._warned = False
         self._warm = False
 
-    def step(self, energy_j: float) -> None:
-        """One optimizer step's training energy (J), evaluation excluded (Welford's update). The
-        first step carries one-time start-up work (workers, caches, kernels' first launch): it
-        counts in the energy done, not in the per-step statistics."""
+    def step(self, energy_j: float, steps: int = 1) -> None:
+        """Training energy per optimizer step (J), evaluation excluded, averaged over the last
+        ``steps`` steps (a weighted Welford update: a reading of k steps counts as k steps at
+        their mean, and the per-step variance is estimated from the spread of the readings,
+        Var(mean of k) = s^2 / k). The first reading carries one-time start-up work (workers,
+        caches, kernels' first launch): it counts in the energy done, not in the statistics."""
         if not self._warm:
             self._warm = True
             return
-        self.k += 1
+        self.k += steps
+        self.groups += 1
         d = energy_j - self._mean
-        self._mean += d / self.k
-        self._m2 += d * (energy_j - self._mean)
+        self._mean += d * steps / self.k
+        self._m2 += steps * d * (energy_j - self._mean)
 
     def update(self, done_j: float, eval_j: float, steps_done: int, steps_total: int | None,
                epoch_done: bool, g_per_kwh: float, pue: float) -> dict[str, float] | None:
         """The forecast now (kWh, gCO2eq), once enough of the run was seen; None before."""
-        if not steps_total or steps_done <= 0 or self.k < 2:
+        if not steps_total or steps_done <= 0 or self.groups < 2:
             return None
         if not epoch_done and steps_done < max(self.min_steps, math.ceil(self.min_fraction * steps_total)):
             return None
         n = max(steps_total - steps_done, 0)
-        sd = math.sqrt(self._m2 / (self.k - 1))
+        sd = math.sqrt(self._m2 / (self.groups - 1))
         per_step = self._mean + eval_j / steps_done
         total = done_j + n * per_step
         band = 2.0 * sd * math.sqrt(n * (1.0 + n / self.k))
@@ -336,7 +340,13 @@ class CardWriter:
 
 class Watch:
     """Per optimizer step: the training stage's energy (a snapshot), its per-step energy for the
-    forecast, and the budget check. Nested evaluation energy is reported with :meth:`nested`."""
+    forecast, and the budget check. Nested evaluation energy is reported with :meth:`nested`.
+
+    A snapshot costs a counter read and a figure build (~0.3 ms), a lot beside a tiny model's
+    step, so it is taken at every step only while it decides something at every step: with a
+    budget (the stop comes at the step that passed it), and until the first forecast. After
+    that, at most every ``interval_s`` of the Meter's clock, at logging steps (``due``) and at the
+    last step; the steps in between count in the next reading."""
 
     def __init__(self, budget: Budget, forecast_after: float):
         f = forecast_after
@@ -348,9 +358,20 @@ class Watch:
         self.forecast = Forecast(forecast_after)
         self.nested_j = 0.0
         self.stopped_at: int | None = None
+        self._g_per_kwh: float | None = None
+        self._last_t = -math.inf
+
+    @property
+    def g_per_kwh(self) -> float:
+        """The intensity for budgets and forecasts: looked up at first use, not at the start of
+        training (where it would be inside the Trainer's first step)."""
+        if self._g_per_kwh is None:
+            self._g_per_kwh = self.m.intensity().g_per_kwh
+        return self._g_per_kwh
 
     def start(self, m: "meter.Meter", step: int) -> None:
-        self.m, self.g_per_kwh = m, m.intensity().g_per_kwh
+        self.m, self._g_per_kwh = m, None
+        self._last_t = -math.inf
         self.start_step = self.last_step = step
         self.nested_j = self.last_own_j = 0.0
         self.stopped_at = None
@@ -362,15 +383,21 @@ class Watch:
         """A closed stage of another kind inside the training stage (evaluation, sanity check)."""
         self.nested_j += span.result.energy_j or 0.0
 
-    def step(self, span, step: int, total_steps: float | None) -> bool:
-        """After optimizer step ``step`` of ``total_steps``: True when the budget says stop now."""
+    def step(self, span, step: int, total_steps: float | None, *, due: bool = False) -> bool:
+        """After optimizer step ``step`` of ``total_steps``: True when the budget says stop now.
+        ``due``: the figures are logged at this step, so read them now."""
         if step == self.last_step:
             return False
+        now = self.m.clock.monotonic()
+        if not (due or self.budget.active or self.forecast.first is None or step >= (total_steps or math.inf)
+                or now - self._last_t >= self.m.config.interval_s):
+            return False
+        self._last_t = now
         snap = span.snapshot()
         if snap.energy_j is None:
             return False
         own = snap.energy_j - self.nested_j
-        self.forecast.step((own - self.last_own_j) / (step - self.last_step))
+        self.forecast.step((own - self.last_own_j) / (step - self.last_step), step - self.last_step)
         self.last_own_j, self.last_step = own, step
         total = int(total_steps) - self.start_step if total_steps and total_steps != float("inf") else None
         self.forecast.update(snap.energy_j, self.nested_j, step - self.start_step, total, self.epoch_done,

@@ -317,7 +317,8 @@ class MeterCallback(TrainerCallback):
         if not self._active or self._train is None:
             return
         self._drop_group()
-        if (self.budget.active or self.log_metrics) and self.watch.step(self._train, state.global_step, state.max_steps):
+        if (self.budget.active or self.log_metrics) and self.watch.step(self._train, state.global_step, state.max_steps,
+                                                                        due=bool(control.should_log)):
             control.should_training_stop = True
             control.should_log = True
             if str(getattr(args.save_strategy, "value", args.save_strategy)) != "no":

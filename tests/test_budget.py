@@ -3,6 +3,7 @@ spends a known amount per step, so the stopping step and the forecast are checka
 
 import json
 import logging
+import random
 
 import pytest
 
@@ -93,3 +94,56 @@ def test_forecast_over_budget_is_warned_before_the_budget_is_reached(tmp_path, c
 def test_bad_budget_is_a_clear_error(bad, match):
     with pytest.raises(meter.ConfigError, match=match):
         MeterCallback(**bad)
+
+
+def test_forecast_reads_the_span_only_when_it_decides_something(tmp_path, monkeypatch):
+    # 200 steps, logged every 25, no budget: after the first forecast (step 10, 5%) the training
+    # span is read at logging steps and the last step only (interval_s=3600 here), not per step.
+    reads = []
+    real = meter.Span.snapshot
+    monkeypatch.setattr(meter.Span, "snapshot", lambda self: reads.append(self.name) or real(self))
+    energy = Energy(tmp_path)
+    cb = MeterCallback(meter=energy.meter)
+    spend = SpendPerStep(energy, per_step=10.0, spread=3.0, seed=3)
+    trainer = transformers.Trainer(model=tiny_bert(), args=args(tmp_path / "out", num_train_epochs=4, logging_steps=25),
+                                   train_dataset=ToyDataset(400, 1), callbacks=[spend, cb])
+    trainer.train()
+    assert trainer.state.global_step == 200
+    train_reads = reads.count("train")
+    assert train_reads <= 10 + 2 * 8 + 3  # per step to the first forecast, then per log (+ on_log's own)
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert [h["step"] for h in logs] == list(range(25, 201, 25))
+    actual_j = sum(spend.spent)
+    for h in logs:
+        assert h["energy_forecast_low_kwh"] * 3.6e6 <= actual_j <= h["energy_forecast_high_kwh"] * 3.6e6
+    # Each log's forecast was read at its own step (a logging step forces a reading): the band
+    # narrows at every log, as the remaining steps fall.
+    width = [h["energy_forecast_high_kwh"] - h["energy_forecast_low_kwh"] for h in logs]
+    assert all(b < a for a, b in zip(width, width[1:]))
+    assert h["energy_forecast_kwh"] * 3.6e6 == pytest.approx(actual_j, rel=1e-6)  # at the last step: exact
+
+
+def test_grouped_readings_estimate_the_per_step_spread():
+    # Per-step energies N(10, 3) read in groups of 1-20 steps: the spread of group means gives the
+    # per-step sd back (weighted Welford), where treating each group mean as one step would give
+    # about 3 / sqrt(10). With groups of 1 it is the plain per-step estimate.
+    from meter.integrations._common import Forecast
+
+    rng = random.Random(11)
+    grouped, single, steps = Forecast(), Forecast(), []
+    grouped.step(0.0), single.step(0.0)  # the warm-up reading is left out of the statistics
+    while len(steps) < 20000:
+        k = rng.randint(1, 20)
+        group = [rng.gauss(10.0, 3.0) for _ in range(k)]
+        steps += group
+        grouped.step(sum(group) / k, k)
+        for e in group:
+            single.step(e)
+    for f in (grouped, single):
+        f.update(sum(steps), 0.0, len(steps), 2 * len(steps), False, 50.0, 1.0)
+    n = len(steps)  # remaining = done = k: band = 2 sd sqrt(n (1 + n / k)) = 2 sd sqrt(2 n)
+    sd = {name: (f.last["energy_forecast_high_kwh"] - f.last["energy_forecast_kwh"]) * 3.6e6 / (2 * (2 * n) ** 0.5)
+          for name, f in (("grouped", grouped), ("single", single))}
+    assert sd["single"] == pytest.approx(3.0, rel=0.03)  # 20000 samples: sd of the sd estimate ~0.5%
+    assert sd["grouped"] == pytest.approx(3.0, rel=0.1)  # ~1900 groups: ~1.6% sd; 10% is 6 sigma
+    assert grouped.k == single.k == len(steps)
