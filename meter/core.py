@@ -108,7 +108,7 @@ class Meter:
         _check_live_zone(self.config)
         _process.register(self)
         if sensors is None:
-            _prefetch(self.config.gpus != ())
+            _prefetch(self.config.gpus != (), init_nvml=nvml is None)
 
     # -- lifecycle -----------------------------------------------------------------------------
     @property
@@ -472,11 +472,13 @@ def _ownership(info, environ, output_dir):
 _prefetched: set = set()
 
 
-def _prefetch(gpus: bool) -> None:
+def _prefetch(gpus: bool, init_nvml: bool = False) -> None:
     """On a daemon thread, once per process: import what ``start()`` will need (the run's
-    modules, pynvml, psutil) and read what describes the host (codecarbon's CPU table, the CPU
-    model), so the first span (a Trainer's first step) does not wait for it. Never raises;
-    ``start()`` computes anything not ready yet itself."""
+    modules, pynvml, psutil), read what describes the host (codecarbon's CPU table, the CPU
+    model) and, for GPUs through pynvml, initialise NVML (100s of ms on some multi-GPU hosts;
+    NVML counts its initialisations, so the one ``start()`` makes is then immediate, and this
+    one is held for the process), so the first span (a Trainer's first step) does not wait for
+    it. Never raises; ``start()`` computes anything not ready yet itself."""
     key = "gpus" if gpus else "host"
     if key in _prefetched:
         return
@@ -484,20 +486,26 @@ def _prefetch(gpus: bool) -> None:
 
     def work() -> None:
         try:
-            from . import runlog, sampler, session  # noqa: F401 - imported for start()
+            from . import redact, runlog, sampler, session  # noqa: F401 - imported for start()
             from .sensors import estimate, rapl  # noqa: F401
 
             if gpus:
                 try:
-                    import pynvml  # noqa: F401
+                    import pynvml
                 except ImportError:
-                    pass
+                    pynvml = None
+                if pynvml is not None and init_nvml and "nvml" not in _prefetched:
+                    _prefetched.add("nvml")
+                    try:
+                        pynvml.nvmlInit()
+                    except Exception:  # noqa: BLE001 - no driver: start() says so, with the fix
+                        pass
             try:
                 import psutil  # noqa: F401
             except ImportError:
                 pass
             estimate.lookup_tdp(estimate.cpu_model())
-            from .carbon import offline
+            from .carbon import offline, source  # noqa: F401 - source: imported for the first figures
 
             offline.zones()  # the offline intensity table, read at a run's first figures
             from .hardware import describe_host

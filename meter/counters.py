@@ -125,6 +125,12 @@ class PeriodLearner:
         return len(self.flats) >= self.min_changes
 
     @property
+    def provisional_s(self) -> float:
+        """The longest flat stretch so far once two were seen (a lower bound of the period, for
+        sleeping through the part of a period where the counter cannot move), else 0.0."""
+        return max(self.flats) if len(self.flats) >= 2 else 0.0
+
+    @property
     def period_s(self) -> float:
         """The learned period, 0.0 until it is known."""
         return max(self.flats) if self.known else 0.0

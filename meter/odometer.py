@@ -19,7 +19,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Sequence
 
-from .counters import PeriodLearner, PowerIntegral, UpdateGrid, counter_delta
+from .counters import TIGHT_S, PeriodLearner, PowerIntegral, UpdateGrid, counter_delta
 from .sensors import COUNTER, POWER_INTEGRATED, Channel, Fault
 
 log = logging.getLogger("meter")
@@ -44,6 +44,10 @@ SLACK_S = 0.25
 EDGE_FRESH_S = 0.005
 #: Probe reads (every 1 ms) poll instantaneous power this often only.
 PROBE_POWER_S = 0.005
+#: The probe sleeps through the flat middle of each update period (see Odometer.probe_wake)
+#: only for counters whose flat stretches are at least this long; faster ones are read densely
+#: for the few reads they need.
+PROBE_WINDOWED_MIN_S = 0.02
 #: While no span comes or goes, ticks poll coarse counters' instantaneous power this often only
 #: (it changes no answer then; the first edge after a quiet stretch pokes the sampler to poll).
 QUIET_POWER_S = 1.0
@@ -240,6 +244,25 @@ class Odometer:
         """Some counter's update period (or grid) is still being learned."""
         return any(c.learns and c.alive and (not c.learner.known or (c.grid is not None and not c.grid.ready))
                    for c in self._c)
+
+    def probe_wake(self, now: float, lead_s: float) -> float | None:
+        """When the probe must next read the learning counters: ``lead_s`` before the earliest
+        update any of them can publish (its last update, seen within :data:`TIGHT_S`, plus the
+        longest flat stretch seen so far: a lower bound of its period), so that the flat middle
+        of every period is slept through. None, or a time not after ``now``: read now (a
+        counter without two flat stretches yet, a continuous one, or one whose last change was
+        not seen tightly)."""
+        wake = None
+        for c in self._c:
+            if not (c.learns and c.alive and (not c.learner.known or (c.grid is not None and not c.grid.ready))):
+                continue
+            p = c.learner.provisional_s
+            if p < PROBE_WINDOWED_MIN_S or c.seen_t - c.before_t > TIGHT_S or c.before_t <= 0.0:
+                return None
+            w = 0.5 * (c.before_t + c.seen_t) + p - lead_s
+            if wake is None or w < wake:
+                wake = w
+        return wake
 
     def counters_moved(self, first: list) -> bool:
         return [c.raw for c in self._c if c.learns] != first

@@ -33,6 +33,12 @@ ACTIVE_S = 1.0
 PROBE_S = 1.5
 PROBE_INTERVAL_S = 0.002
 PROBE_IDLE_S = 0.3
+#: Once a coarse counter showed two flat stretches, the probe sleeps through the part of each
+#: period where it cannot move (its last update plus the longest flat stretch so far, a lower
+#: bound of the period) and reads every PROBE_INTERVAL_S from PROBE_LEAD_S before that until it
+#: moves: a few reads per 100 ms period instead of 50. Each wake costs the user's threads, on a
+#: small machine (a 2-core VM with torch on both cores), more than its own CPU time.
+PROBE_LEAD_S = 0.004
 #: Coarse counters' update grids are re-pinned (1 ms reads until each shows one update) after
 #: 2 s, then 4, 8, ... up to every REANCHOR_S, so that drift in the learned period never builds up;
 #: only while spans come and go (the grid changes no answer otherwise: a re-pin that falls due
@@ -80,6 +86,7 @@ class Sampler:
         self.ticks = 0
         self.repins = 0  # re-pin bursts that pinned every grid again
         self.burst_reads = 0  # 1 ms reads made by re-pin bursts
+        self.probe_reads = 0  # reads made by the start-up probe
         self.tick_errors = 0
         self.first_error: str | None = None
 
@@ -204,7 +211,13 @@ class Sampler:
                     else:
                         fast = PROBE_INTERVAL_S
                 elif probing:
-                    fast = PROBE_INTERVAL_S
+                    wake = odo.probe_wake(now, PROBE_LEAD_S)
+                    fast = PROBE_INTERVAL_S if wake is None or wake <= now else max(PROBE_INTERVAL_S, wake - now)
+                    if fast > PROBE_INTERVAL_S and odo.has_fast and (odo.power_only or self._active is None or self._active()):
+                        # Power polls go on meanwhile, twice as often as later: until the grid is
+                        # learned, a short span's energy is all integrated power.
+                        base = self.fast_interval_s or min(self.interval_s, FAST_POWER_INTERVAL_S)
+                        fast = min(fast, 0.5 * base * random.uniform(0.5, 1.5))
                 elif odo.has_fast and (odo.power_only or self._active is None or self._active()):
                     base = self.fast_interval_s or min(self.interval_s, FAST_POWER_INTERVAL_S)
                     fast = base * random.uniform(0.5, 1.5)
@@ -242,6 +255,7 @@ class Sampler:
                 elif probing or bursting:
                     odo.read_counters()
                     self.burst_reads += bursting
+                    self.probe_reads += probing
                 else:
                     odo.read_fast()
         finally:

@@ -64,6 +64,7 @@ def _tdp_rows() -> tuple[tuple[str, str, float], ...]:
     return tuple(rows)
 
 
+@lru_cache(maxsize=16)
 def lookup_tdp(model: str) -> tuple[float | None, str]:
     """TDP in W for a CPU model string, and where it came from.
 
