@@ -435,5 +435,12 @@ def check_meter_kwargs(given: "meter.Meter | None", kwargs: dict) -> None:
     if given is not None and kwargs:
         raise meter.ConfigError(f"meter= was given, so {', '.join(sorted(kwargs))} would be ignored; configure that "
                                 "Meter instead, or drop meter=")
-    if kwargs:
-        config_mod.resolve({k: kwargs.get(k) for k in config_mod.DEFAULTS}, kwargs.get("environ"), kwargs.get("pyproject"))
+    if given is None:
+        cfg = config_mod.resolve({k: kwargs.get(k) for k in config_mod.DEFAULTS}, kwargs.get("environ"), kwargs.get("pyproject"))
+        if kwargs.get("sensors") is None:
+            # The Meter itself is made at the end of Trainer.__init__; its warm-up (imports, the
+            # CPU table, the host, nvmlInit: ~0.1-0.3 s) starts now, so that it is done by the
+            # first step instead of competing with on_train_begin.
+            from meter.core import _prefetch
+
+            _prefetch(cfg.gpus != (), init_nvml=kwargs.get("nvml") is None)

@@ -222,3 +222,19 @@ def test_the_probe_sleeps_through_flat_periods_and_spans_stay_right(lib):
     assert all(abs(p - 0.1) < 0.003 for p in out["period"])
     # Issue 11's target for spans of 30-80 ms in the first second: median <= 5 %, worst <= 50 %.
     assert out["n"] >= 20 and out["median"] <= 0.05 and out["worst"] <= 0.5
+
+
+def test_the_trainer_callback_starts_the_warm_up_when_it_is_made(lib, tmp_path):
+    # A user makes MeterCallback() before the Trainer; its Meter comes at the end of
+    # Trainer.__init__. The warm-up (nvmlInit included) starts with the callback, so it is done by
+    # then instead of competing with on_train_begin.
+    child = SLOW_INIT_CHILD.split("import meter\n")[0] + (
+        "from meter.integrations.transformers import MeterCallback\n"
+        f"cb = MeterCallback(output_dir={str(tmp_path)!r})\n"
+        "time.sleep(0.6)\n"
+        "print(json.dumps({'calls': calls, 'meter': cb.meter is not None}))\n")
+    env = {**os.environ, **fake_nvml.env(lib, DEVICES)}
+    p = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert out == {"calls": ["meter-prefetch"], "meter": False}

@@ -228,12 +228,15 @@ def test_a_span_on_a_closed_meter_measures_nothing_and_says_so(tmp_path, caplog)
     assert any("opened on a closed Meter" in r.message for r in caplog.records)
 
 
-def test_meters_dropped_without_close_close_their_runs(tmp_path, caplog):
+def test_meters_dropped_without_close_close_their_runs(tmp_path, caplog, monkeypatch):
     """A notebook cell re-run: ``m = Meter()`` again and again without close. Each dropped Meter
     closes its run (records written, thread gone); many running at once are warned about."""
     import gc
 
+    import meter.core
     from meter.testing import FakeSensor
+
+    monkeypatch.setattr(meter.core, "_warned_many", False)  # warned once per process: maybe by an earlier test
 
     before = threading.active_count()
     keep = []
