@@ -114,7 +114,7 @@ def main() -> int:
              f"| {cpu:.2f} % of a core | 0 (no thread) | - | ≤ 0.3 % |",
              f"| the same with `quiet_interval_s=0.1`: a fixed 10 Hz cadence ({fixed_ticks} ticks) "
              f"| {fixed:.2f} % of a core | 0 (no thread) | - | - |",
-             f"| background CPU in the first 2 s (includes the start, the 1.5 s probe at 2 ms) | {first:.2f} % of a core | - | - | - |",
+             f"| background CPU in the first 2 s (includes the start and the counter probe) | {first:.2f} % of a core | - | - | - |",
              "", "Both background runs write the run log (to a temporary directory), as a user's run does.",
              "With the defaults, ticks spread out while no span enters or exits (10 % of the quiet time, "
              "up to `quiet_interval_s` = 1 s)."]

@@ -14,6 +14,10 @@ from typing import Any, Sequence
 
 from .clock import utc_iso
 
+#: A span entered this recently, with no span exiting since, may still be a short one (see
+#: Recorder.active): fast power polling covers it.
+OPEN_SHORT_S = 0.25
+
 
 class Recorder:
     def __init__(self, channels: Sequence):
@@ -25,7 +29,8 @@ class Recorder:
         self._closed: deque = deque()
         self._inflight_t: float | None = None  # close time of the oldest span taken, not yet written
         self.dirty = False
-        self.last_edge = -1e18  # time.monotonic() of the last span entry or exit  # the set of open spans changed since the last heartbeat
+        self.last_edge = -1e18  # time.monotonic() of the last span entry or exit
+        self.last_exit = -1e18  # time.monotonic() of the last span exit
 
     # -- under the odometer lock ---------------------------------------------------------------
     def opened(self, span) -> None:
@@ -37,7 +42,7 @@ class Recorder:
         """Forget an open span; its peak power so far, to freeze into its result."""
         self._open.pop(span.span_id, None)
         self.dirty = True
-        self.last_edge = time.monotonic()
+        self.last_edge = self.last_exit = time.monotonic()
         return span._peak  # no tick raises it any more: it is out of the open set
 
     def observe(self, snap) -> None:
@@ -70,8 +75,11 @@ class Recorder:
         return out
 
     def active(self, within_s: float) -> bool:
-        """Spans came or went within the last ``within_s`` seconds: short spans may be running."""
-        return time.monotonic() - self.last_edge < within_s
+        """Short spans may be running: one closed within the last ``within_s`` seconds, or one
+        opened within the last :data:`OPEN_SHORT_S` (a span open longer, with none closing, is
+        not short: a Trainer's training stage, once its first steps ran)."""
+        now = time.monotonic()
+        return now - self.last_exit < within_s or now - self.last_edge < min(within_s, OPEN_SHORT_S)
 
     def open_spans(self) -> list:
         return list(self._open.values())

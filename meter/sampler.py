@@ -24,7 +24,8 @@ log = logging.getLogger("meter")
 
 #: Power-only channels are polled this often, with random jitter (at 10 Hz a 4 Hz square wave
 #: is misread by ~10%); so is coarse counters' instantaneous power, but only while spans come
-#: and go (within ACTIVE_S of a span's entry or exit), where it corrects short spans.
+#: and go (within ACTIVE_S of a span's exit, or OPEN_SHORT_S of an entry: see Recorder.active),
+#: where it corrects short spans.
 FAST_POWER_INTERVAL_S = 0.02
 ACTIVE_S = 1.0
 #: For up to PROBE_S after start the thread reads learning counters every PROBE_INTERVAL_S (as
