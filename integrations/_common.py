@@ -422,9 +422,10 @@ class Watch:
         return {k: v for k, v in last.items() if not k.startswith("forecast_")}
 
 
-def check_meter_kwargs(given: "meter.Meter | None", kwargs: dict) -> None:
+def check_meter_kwargs(given: "meter.Meter | None", kwargs: dict):
     """The callbacks' ``**meter_kwargs`` are Meter() arguments: checked now, when the callback is
-    made (not at the first step), with the argument's name and the fix."""
+    made (not at the first step), with the argument's name and the fix. Returns the resolved
+    configuration of the Meter the callback will make (None with ``meter=``)."""
     from meter import config as config_mod
     from meter.core import _ARG_NAMES
 
@@ -435,12 +436,16 @@ def check_meter_kwargs(given: "meter.Meter | None", kwargs: dict) -> None:
     if given is not None and kwargs:
         raise meter.ConfigError(f"meter= was given, so {', '.join(sorted(kwargs))} would be ignored; configure that "
                                 "Meter instead, or drop meter=")
-    if given is None:
-        cfg = config_mod.resolve({k: kwargs.get(k) for k in config_mod.DEFAULTS}, kwargs.get("environ"), kwargs.get("pyproject"))
-        if kwargs.get("sensors") is None:
-            # The Meter itself is made at the end of Trainer.__init__; its warm-up (imports, the
-            # CPU table, the host, nvmlInit: ~0.1-0.3 s) starts now, so that it is done by the
-            # first step instead of competing with on_train_begin.
-            from meter.core import _prefetch
+    if given is not None:
+        return None
+    return config_mod.resolve({k: kwargs.get(k) for k in config_mod.DEFAULTS}, kwargs.get("environ"), kwargs.get("pyproject"))
 
-            _prefetch(cfg.gpus != (), init_nvml=kwargs.get("nvml") is None)
+
+def warm_up(cfg, kwargs: dict) -> None:
+    """Start the warm-up of the Meter a callback will make (imports, the CPU table, the host,
+    nvmlInit: ~0.1-0.3 s) when the callback is made: the Meter itself comes at the end of
+    ``Trainer.__init__``, and its warm-up would then compete with ``on_train_begin``."""
+    if cfg is not None and kwargs.get("sensors") is None:
+        from meter.core import _prefetch
+
+        _prefetch(cfg.gpus != (), init_nvml=kwargs.get("nvml") is None)

@@ -25,7 +25,19 @@ import sys
 import weakref
 from typing import Any
 
-from ._common import Budget, CardWriter, Tally, Watch, check_meter_kwargs, figures, job_run_dirs, job_wide, log, missing
+from ._common import (
+    Budget,
+    CardWriter,
+    Tally,
+    Watch,
+    check_meter_kwargs,
+    figures,
+    job_run_dirs,
+    job_wide,
+    log,
+    missing,
+    warm_up,
+)
 from ._hf import MID_STEP, generated_tokens, input_counts, metric_prefix, wrap_generate
 
 try:
@@ -66,7 +78,7 @@ class MeterCallback(TrainerCallback):
                  budget_kwh: float | None = None, budget_g: float | None = None, on_budget: str = "stop",
                  forecast_after: float = 0.05, **meter_kwargs: Any):
         self._meter = meter
-        check_meter_kwargs(meter, meter_kwargs)
+        warm_up(check_meter_kwargs(meter, meter_kwargs), meter_kwargs)
         self._meter_kwargs = meter_kwargs
         self.write_card = write_card
         self.log_metrics = log_metrics

@@ -154,6 +154,11 @@ class _Chan:
         return self.max_w * (PLAUSIBLE_FACTOR * max(dt, 0.0) + SLACK_S)
 
     @property
+    def learning(self) -> bool:
+        """Its update period, or the grid of its updates, is still being learned."""
+        return self.learns and self.alive and (not self.learner.known or (self.grid is not None and not self.grid.ready))
+
+    @property
     def period_s(self) -> float:
         """The update period: declared, else the pinned grid's once it is ready (a least-squares
         fit over seconds of updates), else the longest flat stretch seen (a lower bound that
@@ -242,8 +247,7 @@ class Odometer:
     @property
     def learning(self) -> bool:
         """Some counter's update period (or grid) is still being learned."""
-        return any(c.learns and c.alive and (not c.learner.known or (c.grid is not None and not c.grid.ready))
-                   for c in self._c)
+        return any(c.learning for c in self._c)
 
     def probe_wake(self, now: float, lead_s: float) -> float | None:
         """When the probe must next read the learning counters: ``lead_s`` before the earliest
@@ -254,7 +258,7 @@ class Odometer:
         not seen tightly)."""
         wake = None
         for c in self._c:
-            if not (c.learns and c.alive and (not c.learner.known or (c.grid is not None and not c.grid.ready))):
+            if not c.learning:
                 continue
             p = c.learner.provisional_s
             if p < PROBE_WINDOWED_MIN_S or c.seen_t - c.before_t > TIGHT_S or c.before_t <= 0.0:

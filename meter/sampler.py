@@ -129,6 +129,14 @@ class Sampler:
             self._slow = self._stretched = False
             self._wake.set()
 
+    def _power_poll_s(self, scale: float = 1.0) -> float | None:
+        """The wait until the next fast power poll (jittered), or None when none is needed now."""
+        odo = self.odometer
+        if not (odo.has_fast and (odo.power_only or self._active is None or self._active())):
+            return None
+        base = self.fast_interval_s or min(self.interval_s, FAST_POWER_INTERVAL_S)
+        return scale * base * random.uniform(0.5, 1.5)
+
     def gap_s(self, now: float) -> float:
         """The time between the last tick and the next one, as of ``now``."""
         q = self.quiet_interval_s
@@ -214,16 +222,13 @@ class Sampler:
                 elif probing:
                     wake = odo.probe_wake(now, PROBE_LEAD_S)
                     fast = PROBE_INTERVAL_S if wake is None or wake <= now else max(PROBE_INTERVAL_S, wake - now)
-                    if fast > PROBE_INTERVAL_S and odo.has_fast and (odo.power_only or self._active is None or self._active()):
+                    if fast > PROBE_INTERVAL_S:
                         # Power polls go on meanwhile, twice as often as later: until the grid is
                         # learned, a short span's energy is all integrated power.
-                        base = self.fast_interval_s or min(self.interval_s, FAST_POWER_INTERVAL_S)
-                        fast = min(fast, 0.5 * base * random.uniform(0.5, 1.5))
-                elif odo.has_fast and (odo.power_only or self._active is None or self._active()):
-                    base = self.fast_interval_s or min(self.interval_s, FAST_POWER_INTERVAL_S)
-                    fast = base * random.uniform(0.5, 1.5)
+                        poll = self._power_poll_s(0.5)
+                        fast = fast if poll is None else min(fast, poll)
                 else:
-                    fast = None
+                    fast = self._power_poll_s()
                 self._stretched = True  # before the edge time is read: an edge from now on wakes it
                 gap = self.gap_s(now)
                 self._stretched = gap > self.interval_s

@@ -119,7 +119,7 @@ def test_forecast_reads_the_span_only_when_it_decides_something(tmp_path, monkey
     # Each log's forecast was read at its own step (a logging step forces a reading): the band
     # narrows at every log, as the remaining steps fall.
     width = [h["energy_forecast_high_kwh"] - h["energy_forecast_low_kwh"] for h in logs]
-    assert all(b < a for a, b in zip(width, width[1:]))
+    assert all(b < a for a, b in zip(width, width[1:], strict=False))
     assert h["energy_forecast_kwh"] * 3.6e6 == pytest.approx(actual_j, rel=1e-6)  # at the last step: exact
 
 

@@ -76,9 +76,9 @@ def test_a_long_quiet_span_ticks_far_less_and_reports_the_same_energy(tmp_path):
         assert span.energy_by_component["cpu"].energy_j == pytest.approx(added, abs=1e-6)
         assert span.energy_by_component["cpu"].provenance == "counter"
     # samples.csv spreads out along the ramp and never past quiet_interval_s (plus scheduling slack).
-    gaps = [b - a for a, b in zip(sample_times(quiet_m.run_dir), sample_times(quiet_m.run_dir)[1:])]
+    gaps = [b - a for a, b in zip(sample_times(quiet_m.run_dir), sample_times(quiet_m.run_dir)[1:], strict=False)]
     assert max(gaps) <= 1.0 + 0.25 and max(gaps) > 5 * interval
-    fgaps = [b - a for a, b in zip(sample_times(fixed_m.run_dir), sample_times(fixed_m.run_dir)[1:])]
+    fgaps = [b - a for a, b in zip(sample_times(fixed_m.run_dir), sample_times(fixed_m.run_dir)[1:], strict=False)]
     assert sorted(fgaps)[len(fgaps) // 2] == pytest.approx(interval, rel=0.5)
     # The irregular timeline reads back and reports like any other.
     df = meter.load(quiet_m.run_dir)
@@ -91,7 +91,7 @@ def test_the_first_edge_after_a_quiet_stretch_is_written_within_an_interval(tmp_
     m, tree = rapl_meter(tmp_path, interval_s=0.05, quiet_interval_s=5.0)
     m.start()
     time.sleep(4.0)  # quiet: the gap has grown to ~0.4 s
-    gaps = [b - a for a, b in zip(sample_times(m.run_dir), sample_times(m.run_dir)[1:])]
+    gaps = [b - a for a, b in zip(sample_times(m.run_dir), sample_times(m.run_dir)[1:], strict=False)]
     assert gaps[-1] > 0.25  # the stretch really did spread out
     with m.track("short"):
         time.sleep(0.05)  # a plausible 50 W for 50 ms, not a counter jump inside a microsecond
@@ -175,7 +175,7 @@ def test_bad_quiet_interval_is_refused_naming_it(tmp_path, how, bad):
     else:
         pyproject = tmp_path / "pyproject.toml"
         pyproject.write_text(f"[tool.meter]\nquiet_interval_s = \"{bad}\"\n")
-    with pytest.raises((ConfigError, TypeError, ValueError)) as exc:
+    with pytest.raises(ConfigError) as exc:
         meter.Meter(write=False, gpus="none", environ=environ, pyproject=str(pyproject) if pyproject else None, **kw)
     assert "quiet_interval_s" in str(exc.value)
 

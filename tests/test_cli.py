@@ -49,7 +49,7 @@ def test_run_takes_the_sampling_cadence(tmp_path):
     assert info["config"]["sources"]["quiet_interval_s"] == "argument"
     with open(os.path.join(run_dir, "samples.csv")) as f:
         t = [float(line.split(",")[1]) for line in f.read().splitlines()[1:]]
-    gaps = sorted(b - a for a, b in zip(t, t[1:]))
+    gaps = sorted(b - a for a, b in zip(t, t[1:], strict=False))
     # Fixed: gaps of 0.05 s. The quiet ramp would make half of them 0.08-0.2 s over these 2 s.
     assert len(gaps) >= 20 and gaps[int(0.9 * len(gaps))] < 0.08
 
