@@ -23,19 +23,7 @@ import os
 import sys
 from typing import Any
 
-from ._common import (
-    Budget,
-    CardWriter,
-    Tally,
-    Watch,
-    check_meter_kwargs,
-    figures,
-    job_run_dirs,
-    job_wide,
-    log,
-    missing,
-    warm_up,
-)
+from ._common import Budget, CardWriter, Tally, Watch, check_meter_kwargs, figures, job_run_dirs, job_wide, log, missing
 
 try:
     import lightning.pytorch as pl
@@ -58,6 +46,8 @@ class MeterCallback(pl.Callback):
                  budget_kwh: float | None = None, budget_g: float | None = None, on_budget: str = "stop",
                  forecast_after: float = 0.05, **meter_kwargs: Any):
         self._meter = meter
+        from ._common import warm_up
+
         warm_up(check_meter_kwargs(meter, meter_kwargs), meter_kwargs)
         self._meter_kwargs = meter_kwargs
         self.log_metrics = log_metrics

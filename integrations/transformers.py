@@ -25,19 +25,7 @@ import sys
 import weakref
 from typing import Any
 
-from ._common import (
-    Budget,
-    CardWriter,
-    Tally,
-    Watch,
-    check_meter_kwargs,
-    figures,
-    job_run_dirs,
-    job_wide,
-    log,
-    missing,
-    warm_up,
-)
+from ._common import Budget, CardWriter, Tally, Watch, check_meter_kwargs, figures, job_run_dirs, job_wide, log, missing
 from ._hf import MID_STEP, generated_tokens, input_counts, metric_prefix, wrap_generate
 
 try:
@@ -78,6 +66,8 @@ class MeterCallback(TrainerCallback):
                  budget_kwh: float | None = None, budget_g: float | None = None, on_budget: str = "stop",
                  forecast_after: float = 0.05, **meter_kwargs: Any):
         self._meter = meter
+        from ._common import warm_up
+
         warm_up(check_meter_kwargs(meter, meter_kwargs), meter_kwargs)
         self._meter_kwargs = meter_kwargs
         self.write_card = write_card
