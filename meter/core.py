@@ -133,6 +133,8 @@ class Meter:
             self.ownership = _ownership(self.rank, self._environ, self.config.output_dir)
 
             def discover() -> Discovery:
+                if self._nvml is None:
+                    _nvml_warmed.wait(NVML_WARM_WAIT_S)  # never two nvmlInit calls at once
                 d = discover_sensors(self.config, given=self._given_sensors, nvml=self._nvml,
                                      cpu_tdp_w=self._cpu_tdp_w, pid=self._pid, environ=self._environ,
                                      owner=self.ownership)
@@ -470,6 +472,15 @@ def _ownership(info, environ, output_dir):
 
 
 _prefetched: set = set()
+#: Set once the warm-up thread's nvmlInit returned (or was never started). ``start()`` waits for
+#: it, at most NVML_WARM_WAIT_S, so that NVML is never initialised from two threads at once
+#: (NVML serialises it; a library that re-reads its configuration at each init, like the
+#: emulated one, could show another thread half its devices).
+_nvml_warmed = threading.Event()
+_nvml_warmed.set()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_nvml_warmed.set)  # the warm-up thread is not in the child
+NVML_WARM_WAIT_S = 10.0
 
 
 def _prefetch(gpus: bool, init_nvml: bool = False) -> None:
@@ -483,6 +494,10 @@ def _prefetch(gpus: bool, init_nvml: bool = False) -> None:
     if key in _prefetched:
         return
     _prefetched.add(key)
+    init_nvml = gpus and init_nvml and "nvml" not in _prefetched
+    if init_nvml:
+        _prefetched.add("nvml")
+        _nvml_warmed.clear()  # before the thread starts: a start() from now on waits for its nvmlInit
 
     def work() -> None:
         try:
@@ -494,12 +509,12 @@ def _prefetch(gpus: bool, init_nvml: bool = False) -> None:
                     import pynvml
                 except ImportError:
                     pynvml = None
-                if pynvml is not None and init_nvml and "nvml" not in _prefetched:
-                    _prefetched.add("nvml")
+                if pynvml is not None and init_nvml:
                     try:
                         pynvml.nvmlInit()
                     except Exception:  # noqa: BLE001 - no driver: start() says so, with the fix
                         pass
+                _nvml_warmed.set()
             try:
                 import psutil  # noqa: F401
             except ImportError:
@@ -513,6 +528,8 @@ def _prefetch(gpus: bool, init_nvml: bool = False) -> None:
             describe_host()
         except Exception:  # noqa: BLE001 - a warm-up only
             log.debug("meter: background warm-up failed", exc_info=True)
+        finally:
+            _nvml_warmed.set()
 
     threading.Thread(target=work, name="meter-prefetch", daemon=True).start()
 

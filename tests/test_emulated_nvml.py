@@ -238,3 +238,38 @@ def test_the_trainer_callback_starts_the_warm_up_when_it_is_made(lib, tmp_path):
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout.strip().splitlines()[-1])
     assert out == {"calls": ["meter-prefetch"], "meter": False}
+
+
+OVERLAP_CHILD = r"""
+import json, threading, time
+import pynvml
+spans = []
+real_init = pynvml.nvmlInit
+def slow_init(*a, **kw):
+    t0 = time.monotonic()
+    if not spans:
+        time.sleep(0.3)
+    r = real_init(*a, **kw)
+    spans.append((threading.current_thread().name, t0, time.monotonic()))
+    return r
+pynvml.nvmlInit = slow_init
+import meter
+m = meter.Meter(write=False, rapl_root="/nonexistent", gpus="all", sync_cuda=False)
+with m.track("at-once") as s:  # start() right away, while the warm-up's nvmlInit is still running
+    time.sleep(0.1)
+gpus = sorted(d.key for d in s.result.devices if d.key.startswith("gpu"))
+m.close()
+print(json.dumps({"spans": spans, "gpus": gpus}))
+"""
+
+
+def test_start_right_after_meter_waits_for_the_warm_up_nvml_init(lib):
+    # NVML is never initialised from two threads at once: the emulated library re-reads its
+    # devices at each init, so a concurrent init once showed a torchrun rank 2 GPUs of 3.
+    env = {**os.environ, **fake_nvml.env(lib, [(50, 50, 1, 0), (100, 100, 1, 0), (150, 150, 1, 0)])}
+    p = subprocess.run([sys.executable, "-c", OVERLAP_CHILD], capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    (warm, _, warm_end), (user, user_start, _) = out["spans"]
+    assert (warm, user) == ("meter-prefetch", "MainThread") and user_start >= warm_end
+    assert out["gpus"] == ["gpu:0", "gpu:1", "gpu:2"]
