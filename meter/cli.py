@@ -93,7 +93,10 @@ def _cmd_run(args) -> int:
     # that for every run), or nothing at all with --no-argv.
     from .redact import env_secrets, mask_argv
 
-    m = Meter(region=args.region, pue=args.pue, interval_s=args.interval, quiet_interval_s=args.quiet_interval,
+    # A fixed cadence unless --quiet-interval: the command's tree is estimated from CPU time, whose
+    # last rate must not be extended past the command's end.
+    quiet = args.quiet_interval if args.quiet_interval is not None else (args.interval or 0.1)
+    m = Meter(region=args.region, pue=args.pue, interval_s=args.interval, quiet_interval_s=quiet,
               output_dir=args.output,
               run_name=args.name, carbon=args.carbon, pid="children", sync_cuda=False,
               argv=[] if args.no_argv else mask_argv(sys.argv, env_secrets()))
@@ -306,8 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--output", metavar="DIR", help="output directory for the run log (default meter-runs)")
     r.add_argument("--interval", type=float, metavar="S", help="sampling interval in seconds (default 0.1)")
     r.add_argument("--quiet-interval", type=float, metavar="S",
-                   help="longest gap between samples while no stage starts or ends (default 1.0; "
-                        "equal to --interval for a fixed cadence)")
+                   help="longest gap between samples while no stage starts or ends (default: --interval, "
+                        "a fixed cadence, so that the command's CPU estimate is never extended past its end)")
     r.add_argument("--name", help="stage name (default: the command's name)")
     r.add_argument("--carbon", help="live intensity provider: electricitymaps[:ZONE] or uk[:GB-N] (default offline)")
     r.add_argument("-q", "--quiet", action="store_true", help="no live line and no summary")
