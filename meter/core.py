@@ -20,6 +20,7 @@ from .errors import ConfigError, MeterError, SensorError
 from .measurement import Measurement
 from .sensors import Discovery
 from .spans import Span, Track, build_measurement
+from .threads import start_daemon
 from .units import S_PER_HOUR
 
 log = logging.getLogger("meter")
@@ -356,7 +357,7 @@ def _close_when_dropped(meter: "Meter", session):
     import weakref
 
     def close() -> None:
-        threading.Thread(target=_close_session_quietly, args=(session,), name="meter-close", daemon=True).start()
+        start_daemon(_close_session_quietly, "meter-close", (session,))
 
     f = weakref.finalize(meter, close)
     f.atexit = False  # at exit _process closes the live ones
@@ -531,7 +532,7 @@ def _prefetch(gpus: bool, init_nvml: bool = False) -> None:
         finally:
             _nvml_warmed.set()
 
-    threading.Thread(target=work, name="meter-prefetch", daemon=True).start()
+    start_daemon(work, "meter-prefetch")
 
 
 def _describe_rank(info, environ=None) -> dict | None:

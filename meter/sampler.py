@@ -20,6 +20,8 @@ import time
 import traceback
 from typing import Callable
 
+from .threads import start_daemon
+
 log = logging.getLogger("meter")
 
 #: Power-only channels are polled this often, with random jitter (at 10 Hz a 4 Hz square wave
@@ -102,8 +104,7 @@ class Sampler:
             return
         self._pid = os.getpid()
         self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="meter-sampler", daemon=True)
-        self._thread.start()
+        self._thread = start_daemon(self._run, "meter-sampler")
 
     def request_tick(self, wait: bool = True, timeout: float = 10.0) -> bool:
         """Ask the thread for a tick now; with ``wait``, block until it ran (True) or the timeout

@@ -17,6 +17,7 @@ from dataclasses import replace
 from typing import Any, Callable
 
 from ..errors import CarbonError
+from ..threads import start_daemon
 from ..units import S_PER_HOUR
 
 log = logging.getLogger("meter")
@@ -79,8 +80,7 @@ class IntensitySource:
     def start(self) -> None:
         """Start the background fetch if a live provider or ``region="auto"`` needs one."""
         if (self.live or self._auto) and self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="meter-carbon", daemon=True)
-            self._thread.start()
+            self._thread = start_daemon(self._run, "meter-carbon")
 
     def close(self) -> None:
         self._stop.set()

@@ -286,3 +286,26 @@ def test_close_with_a_hung_sensor_returns_within_its_timeout(tmp_path):
     s.release.set()
     assert took < 2.0
     assert meter.load(m.run_dir)["name"].tolist() == ["before"]
+
+
+def test_signals_sent_to_the_process_reach_the_users_thread_not_meters(tmp_path):
+    """A program whose main thread blocks a signal and waits for it (a server's shutdown, `meter
+    run`'s own loop) gets it while meter's threads run: the kernel gives a process-directed
+    signal to any thread that does not block it, and meter's threads block them all. Before, the
+    sampler thread took SIGUSR1 and its default action killed the process."""
+    script = textwrap.dedent(f"""
+        import os, signal, meter
+        m = meter.Meter(write=False, gpus="none", rapl_root={str(tmp_path / "none")!r}, region="FR")
+        with m.track("serve"):
+            signal.pthread_sigmask(signal.SIG_BLOCK, {{signal.SIGUSR1, signal.SIGTERM}})
+            got = []
+            for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGUSR1):
+                os.kill(os.getpid(), sig)
+                info = signal.sigtimedwait({{sig}}, 5)
+                got.append(info.si_signo if info else None)
+        m.close()
+        print(got == [signal.SIGUSR1, signal.SIGTERM, signal.SIGUSR1])
+    """)
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "True"
