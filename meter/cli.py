@@ -93,10 +93,7 @@ def _cmd_run(args) -> int:
     # that for every run), or nothing at all with --no-argv.
     from .redact import env_secrets, mask_argv
 
-    # A fixed cadence unless --quiet-interval: the command's tree is estimated from CPU time, whose
-    # last rate must not be extended past the command's end.
-    quiet = args.quiet_interval if args.quiet_interval is not None else (args.interval or 0.1)
-    m = Meter(region=args.region, pue=args.pue, interval_s=args.interval, quiet_interval_s=quiet,
+    m = Meter(region=args.region, pue=args.pue, interval_s=args.interval, quiet_interval_s=args.quiet_interval,
               output_dir=args.output,
               run_name=args.name, carbon=args.carbon, pid="children", sync_cuda=False,
               argv=[] if args.no_argv else mask_argv(sys.argv, env_secrets()))
@@ -118,14 +115,17 @@ def _cmd_run(args) -> int:
         m.close()
         _err(f"cannot run {cmd[0]!r}: {exc.strerror}; nothing was measured")
         return 127 if isinstance(exc, FileNotFoundError) else 126
+    # Blocked here, after the command started (it must not inherit the mask), and in meter's own
+    # threads (meter.threads): each arrives in the wait below. SIGCHLD wakes it the moment the
+    # command exits, so the span ends with the command.
     sigs = {signal.SIGINT, signal.SIGTERM}
-    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, sigs | {signal.SIGCHLD})
     live = sys.stderr.isatty() and not args.quiet
     last_live = 0.0
     try:
-        while True:
-            info = signal.sigtimedwait(sigs, 0.2)
-            if info is not None:
+        while child.poll() is None:
+            info = signal.sigtimedwait(sigs | {signal.SIGCHLD}, 0.2)
+            if info is not None and info.si_signo != signal.SIGCHLD:
                 # A terminal's Ctrl-C reaches the child's process group by itself (si_pid 0);
                 # a signal sent to meter by another process (kill, a scheduler) is passed on.
                 if info.si_signo == signal.SIGTERM or info.si_pid != 0:
@@ -133,9 +133,6 @@ def _cmd_run(args) -> int:
                         child.send_signal(info.si_signo)
                     except ProcessLookupError:
                         pass
-            rc = child.poll()
-            if rc is not None:
-                break
             if live and time.monotonic() - last_live >= 1.0:
                 last_live = time.monotonic()
                 snap = span.snapshot()
@@ -148,7 +145,8 @@ def _cmd_run(args) -> int:
         if child.poll() is None:
             child.kill()
             child.wait()
-        span.tags["exit_code"] = child.returncode  # before the exit: the record is frozen there
+        rc = child.returncode
+        span.tags["exit_code"] = rc  # before the exit: the record is frozen there
         track.__exit__(None, None, None)
         m.close()
     if not args.quiet:
@@ -309,8 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--output", metavar="DIR", help="output directory for the run log (default meter-runs)")
     r.add_argument("--interval", type=float, metavar="S", help="sampling interval in seconds (default 0.1)")
     r.add_argument("--quiet-interval", type=float, metavar="S",
-                   help="longest gap between samples while no stage starts or ends (default: --interval, "
-                        "a fixed cadence, so that the command's CPU estimate is never extended past its end)")
+                   help="longest gap between samples while no stage starts or ends (default 1; "
+                        "equal to --interval for a fixed cadence)")
     r.add_argument("--name", help="stage name (default: the command's name)")
     r.add_argument("--carbon", help="live intensity provider: electricitymaps[:ZONE] or uk[:GB-N] (default offline)")
     r.add_argument("-q", "--quiet", action="store_true", help="no live line and no summary")

@@ -51,6 +51,11 @@ PROBE_WINDOWED_MIN_S = 0.02
 #: While no span comes or goes, ticks poll coarse counters' instantaneous power this often only
 #: (it changes no answer then; the first edge after a quiet stretch pokes the sampler to poll).
 QUIET_POWER_S = 1.0
+#: A span edge extends a sensor it does not read (the CPU and RAM estimates) from the sampler
+#: thread's last reading at its last rate, but only over this long: after a quiet stretch (sparse
+#: ticks) the edge reads that sensor itself, so work that stopped or started since is not
+#: extrapolated across the gap. Above the default tick interval, so back-to-back spans never pay.
+EXTEND_MAX_S = 0.15
 #: Polled-power points kept per coarse counter: at ~20 ms, about two update periods of history.
 PINT_HISTORY = 16
 #: The coarse energy timeline (for time-resolved emissions in-process) keeps one point this often.
@@ -227,6 +232,10 @@ class Odometer:
                            if getattr(s, "reads_at_edges", True))
         self._edge_skipped = tuple(self._starts[si] + k for si, s in enumerate(self._sensors)
                                    if not getattr(s, "reads_at_edges", True) for k in range(len(s.channels)))
+        # Those sensors, read at an edge only when their last reading is older than EXTEND_MAX_S.
+        self._stale = tuple((self._starts[si], s) for si, s in enumerate(self._sensors)
+                            if not getattr(s, "reads_at_edges", True))
+        self._stale_t = -1e18  # when they were last read
         self._pending: list[Snapshot] = []  # edge snapshots whose lag_j/pint_j wait for a poll
         self.faults: list[FaultRecord] = []
         self._fault_keys: set[tuple[str, str]] = set()
@@ -306,6 +315,7 @@ class Odometer:
         wall = self.clock.wall()
         for si, s in enumerate(self._sensors):
             self._update(t, wall, _read(s), self._starts[si])
+        self._stale_t = t
         if self._aux and t - self._aux_t > (QUIET_POWER_S if quiet else EDGE_FRESH_S):
             # Instantaneous power is read only when the last poll is stale; otherwise the polled
             # integral is extended to now at the last polled power.
@@ -332,6 +342,12 @@ class Odometer:
         wall = self._wall()
         c = self._c
         skipped = self._edge_skipped
+        if skipped and t - self._stale_t > EXTEND_MAX_S:
+            # After a quiet stretch: read the estimates now rather than extend them over the gap.
+            for base, s in self._stale:
+                self._update(t, wall, _read(s), base)
+            self._stale_t = t
+            skipped = ()
         for base, reader, s in self._edge:
             try:
                 values = reader()

@@ -3,6 +3,7 @@
 import os
 import time
 
+import pandas as pd
 import pytest
 
 from meter.sensors import discover
@@ -120,3 +121,57 @@ def test_meter_run_and_in_process_agree_on_a_busy_loop(tmp_path):
     assert in_process == pytest.approx(4.0, rel=0.05)  # 1 s of CPU x 4 W per thread
     # The command's tree once (was twice: 255.9 J vs 127.7 J), and not meter's own polling.
     assert by_cli == pytest.approx(in_process, rel=0.10)
+
+
+def _busy(cpu_s: float) -> None:
+    t = time.process_time()
+    while time.process_time() - t < cpu_s:
+        pass
+
+
+@pytest.mark.parametrize("ticked", [True, False])
+def test_span_edge_reads_a_stale_estimate_instead_of_extending_it(tmp_path, ticked):
+    """Sampling every second (as users of 15 s tools set it): work stops 0.6 s before the span
+    exits, after the last tick. The exit reads the process's CPU time itself: the busy rate of the
+    last tick is not extended over the idle 0.6 s (that was +2.4 J of 6 J)."""
+    import meter
+
+    m = meter.Meter(write=False, rapl_root=str(tmp_path / "none"), gpus="none", cpu_power_w=4.0,
+                    interval_s=1.0, quiet_interval_s=1.0)
+    with m.track("work") as span:
+        c0 = time.process_time()
+        _busy(1.5)
+        if ticked:
+            assert m.flush()  # a tick at the end of the work: its rate is the busy one
+        time.sleep(0.6)
+        c1 = time.process_time()
+    m.close()
+    truth = 4.0 * (c1 - c0)  # the process's CPU time in the span (meter's threads' included) x 4 W
+    # At most EXTEND_MAX_S (0.15 s) at the busy rate is extended (when a scheduled tick came
+    # in the last 0.15 s), plus the CPU of the edges themselves.
+    assert span.result.energy_by_component["cpu"].energy_j == pytest.approx(truth, abs=0.15 * 4.0 * 1.1 + 0.05)
+
+
+def test_meter_run_span_ends_when_the_command_does(tmp_path):
+    """The span ends the moment the command exits (woken by SIGCHLD, not by the next 0.2 s
+    poll), and with ticks a second apart its CPU figure is the command's own CPU time."""
+    import subprocess
+    import sys
+
+    import meter
+
+    out = tmp_path / "t"
+    cmd = ("import os, time\nt = time.process_time()\nwhile time.process_time() - t < 0.5:\n    pass\n"
+           f"c = os.times()\nopen({str(out)!r}, 'w').write(f'{{time.time()}} {{c.user + c.system}}')\nos._exit(0)\n")
+    env = {**os.environ, "METER_CPU_POWER_W": "4", "METER_RAPL_ROOT": str(tmp_path / "none"), "METER_GPUS": "none"}
+    for k in range(3):  # the 0.2 s poll's phase differs from run to run
+        subprocess.run([sys.executable, "-m", "meter", "run", "--output", str(tmp_path / f"cli{k}"), "--quiet",
+                        "--interval", "1", "--", sys.executable, "-c", cmd], env=env, check=True, capture_output=True)
+        ended, cpu_s = (float(x) for x in out.read_text().split())
+        row = meter.load(tmp_path / f"cli{k}").iloc[0]
+        late = pd.Timestamp(row["end_utc"]).timestamp() - ended
+        # Before: up to 0.2 s late (the poll). Now the exit's SIGCHLD wakes meter at once.
+        assert -0.01 <= late <= 0.08
+        # The child's own CPU time (os.times ticks every 10 ms) x 4 W; ticks were 1 s apart, so an
+        # extended rate would have added up to 4 J.
+        assert row["cpu_energy_j"] == pytest.approx(4.0 * cpu_s, abs=4.0 * 0.03)
