@@ -129,15 +129,16 @@ def _busy(cpu_s: float) -> None:
         pass
 
 
-@pytest.mark.parametrize("ticked", [True, False])
-def test_span_edge_reads_a_stale_estimate_instead_of_extending_it(tmp_path, ticked):
+@pytest.mark.parametrize("ticked,pid", [(True, None), (False, None), (True, "self")])
+def test_span_edge_reads_a_stale_estimate_instead_of_extending_it(tmp_path, ticked, pid):
     """Sampling every second (as users of 15 s tools set it): work stops 0.6 s before the span
-    exits, after the last tick. The exit reads the process's CPU time itself: the busy rate of the
-    last tick is not extended over the idle 0.6 s (that was +2.4 J of 6 J)."""
+    exits, after the last tick. The exit reads the CPU time itself (this process's, or a ``pid=``
+    tree's): the busy rate of the last tick is not extended over the idle 0.6 s (+0.8 to +2.4 J
+    of 6 J before)."""
     import meter
 
     m = meter.Meter(write=False, rapl_root=str(tmp_path / "none"), gpus="none", cpu_power_w=4.0,
-                    interval_s=1.0, quiet_interval_s=1.0)
+                    interval_s=1.0, quiet_interval_s=1.0, pid=os.getpid() if pid == "self" else None)
     with m.track("work") as span:
         c0 = time.process_time()
         _busy(1.5)
@@ -148,7 +149,7 @@ def test_span_edge_reads_a_stale_estimate_instead_of_extending_it(tmp_path, tick
     m.close()
     truth = 4.0 * (c1 - c0)  # the process's CPU time in the span (meter's threads' included) x 4 W
     # At most EXTEND_MAX_S (0.15 s) at the busy rate is extended (when a scheduled tick came
-    # in the last 0.15 s), plus the CPU of the edges themselves.
+    # in the last 0.15 s), plus the CPU of the edges themselves (and psutil's 10 ms ticks).
     assert span.result.energy_by_component["cpu"].energy_j == pytest.approx(truth, abs=0.15 * 4.0 * 1.1 + 0.05)
 
 

@@ -196,15 +196,16 @@ class EstimateSensor:
     #: For this process, a span edge does not read the estimates: it extends both from the sampler
     #: thread's last reading at their last rate (an estimate is a model; reading CPU time and
     #: resident memory at every edge would cost the user's loop more than it changes the figure),
-    #: and reads them itself only after a quiet stretch (``odometer.EXTEND_MAX_S``). For another
-    #: process tree (``meter run``, ``pid=``) the CPU time is read at every edge (:meth:`read_edge`):
-    #: there it is the whole figure, and the tree may have ended since the last tick.
+    #: and reads them itself only after a quiet stretch (``odometer.EXTEND_MAX_S``); so does a
+    #: ``pid=`` tree, whose read walks the process table (about 1 ms). For ``meter run``'s command
+    #: tree (``pid="children"``, two edges) the CPU time is read at every edge (:meth:`read_edge`):
+    #: there it is the whole figure, and the command may have ended since the last tick.
     reads_at_edges = False
 
     def __init__(self, *, cpu: bool = True, ram: bool = True, cpu_tdp_w: float | None = None,
                  cpu_power_w: float | None = None, pid: int | str | None = None, model: str | None = None):
         self._pid = pid
-        self.reads_at_edges = pid is not None
+        self.reads_at_edges = pid == "children"
         self._proc = None
         self._rss_t = -1e9
         self._rss_w = 0.0
@@ -319,8 +320,8 @@ class EstimateSensor:
         return tuple(_call(r) for r in self._readers)
 
     def read_edge(self) -> tuple:
-        """A span edge of a process tree's estimate: its CPU time now; RAM (resident memory moves
-        slowly) is left to the sampler thread."""
+        """A span edge of ``meter run``'s estimate: the command tree's CPU time now; RAM (resident
+        memory moves slowly) is left to the sampler thread."""
         return tuple(_call(r) if r == self._cpu_j else None for r in self._readers)
 
     def close(self) -> None:
