@@ -126,8 +126,8 @@ class FaultRecord:
 class _Chan:
     """Per-channel state of one odometer."""
 
-    __slots__ = ("raw", "odo", "power", "seen_t", "last_t", "before_t", "changes", "alive", "learner", "grid",
-                 "pint", "declared", "wrap", "is_energy", "learns", "max_w", "suspect", "suspect_t", "frozen_s")
+    __slots__ = ("raw", "odo", "power", "seen_t", "last_t", "before_t", "tight_t", "loose_n", "changes", "alive",
+                 "learner", "grid", "pint", "declared", "wrap", "is_energy", "learns", "max_w", "suspect", "suspect_t", "frozen_s")
 
     def __init__(self, ch: Channel):
         self.raw = None
@@ -136,6 +136,8 @@ class _Chan:
         self.seen_t = 0.0  # when the current counter value was first seen
         self.last_t = 0.0  # when the counter was last read
         self.before_t = 0.0  # the last read that still showed the previous value
+        self.tight_t = 0.0  # the last update seen within TIGHT_S (0: none yet)
+        self.loose_n = 0  # changes seen since then, each not within TIGHT_S
         self.changes: deque = deque(maxlen=POWER_WINDOW_CHANGES)
         self.alive = True
         self.is_energy = ch.mode == "energy"
@@ -260,19 +262,24 @@ class Odometer:
 
     def probe_wake(self, now: float, lead_s: float) -> float | None:
         """When the probe must next read the learning counters: ``lead_s`` before the earliest
-        update any of them can publish (its last update, seen within :data:`TIGHT_S`, plus the
-        longest flat stretch seen so far: a lower bound of its period), so that the flat middle
-        of every period is slept through. None, or a time not after ``now``: read now (a
-        counter without two flat stretches yet, a continuous one, or one whose last change was
-        not seen tightly)."""
+        update any of them can publish (the last update seen within :data:`TIGHT_S`, plus the
+        longest flat stretch seen so far, a lower bound of its period, once for each update
+        since), so that the flat middle of every period is slept through. None, or a time not
+        after ``now``: read now (a counter without two flat stretches or a tight update yet,
+        or a continuous one)."""
         wake = None
         for c in self._c:
             if not c.learning:
                 continue
             p = c.learner.provisional_s
-            if p < PROBE_WINDOWED_MIN_S or c.seen_t - c.before_t > TIGHT_S or c.before_t <= 0.0:
-                return None
-            w = 0.5 * (c.before_t + c.seen_t) + p - lead_s
+            if p < PROBE_WINDOWED_MIN_S or c.tight_t <= 0.0 or c.loose_n > 2:
+                return None  # dense reads until an update is pinned (again)
+            # From the last update pinned tightly, each update since (seen late: the window opened
+            # after it, the thread having overslept on a busy machine) at least ``p`` later: the
+            # next one cannot come before this. Early is safe (the reads go on until it moves);
+            # without the count, one late window meant dense reads for a whole period. Three late
+            # windows in a row: ``p`` may be too long, so the reads are dense until one is pinned.
+            w = c.tight_t + (c.loose_n + 1) * p - lead_s
             if wake is None or w < wake:
                 wake = w
         return wake
@@ -528,6 +535,10 @@ class Odometer:
             if c.learner.known and c.period_s != self._periods[i]:
                 self._set_periods()
             c.before_t = last_t
+            if t - last_t <= TIGHT_S:
+                c.tight_t, c.loose_n = 0.5 * (last_t + t), 0
+            else:
+                c.loose_n += 1
         c.changes.append((t, c.odo))
         t0, e0 = c.changes[0]
         if t > t0 and c.pint is None:  # coarse counters take their power from the instant reading

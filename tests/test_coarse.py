@@ -241,3 +241,36 @@ def test_a_continuous_counter_is_learned_as_such_and_stops_being_polled():
     got, truth, warnings = r.window(0.05)
     assert got[0] == pytest.approx(truth[0], rel=1e-3)
     assert not any("instantaneous power" in w for w in warnings)
+
+
+def test_a_late_probe_window_costs_a_few_reads_not_a_dense_period():
+    """The probe sleeps through each period's flat middle. On a busy machine its thread may wake
+    after the update it waited for: the change is then seen late. The next window is placed
+    from the last update pinned tightly (one period per update since), so one late wake costs a
+    few reads; before, it meant 2 ms reads for a whole period (about 50)."""
+    clock = FakeClock()
+    nv = FakeNVML([FakeGPU(uuid="GPU-a", power_w=square(100, 300, 0.7), update_period_s=0.1)], clock=clock)
+    sensor, _, _ = open_nvml(gpus="all", binding=nv, environ={})
+    odo = Odometer([sensor], clock)
+    odo.read()
+    t0 = clock.monotonic()
+    per_period: dict[int, int] = {}
+    late_at = []
+    while clock.monotonic() - t0 < 2.5 and odo.learning:
+        now = clock.monotonic()
+        wake = odo.probe_wake(now, 0.004)  # as the sampler's probe (PROBE_LEAD_S, PROBE_INTERVAL_S)
+        step = 0.002 if wake is None or wake <= now else max(0.002, wake - now)
+        if step > 0.002 and now - t0 > (0.5, 0.6, 1.0, 9.9)[len(late_at)]:
+            step += 0.012  # the thread oversleeps: its window opens 8 ms after the update
+            late_at.append(now + step)
+        nv.advance(step)
+        odo.read_counters()
+        k = int((clock.monotonic() - t0) / 0.1)
+        per_period[k] = per_period.get(k, 0) + 1
+    assert len(late_at) == 3  # two windows in a row, then one on its own
+    after_warm = [n for k, n in per_period.items() if 3 <= k <= 12]
+    # A window (lead 4 ms, 2 ms reads) is about 3 reads; the periods with a late wake a few more.
+    assert max(after_warm) <= 8, per_period
+    assert sum(after_warm) <= 10 * 4 + 10, per_period
+    # And the late changes do not spoil what the probe learns, as fast as the sampler's 1.5 s.
+    assert not odo.learning and clock.monotonic() - t0 < 1.6 and abs(odo.period_s(0) - 0.1) < 0.003
