@@ -60,6 +60,16 @@ def run(py: str, with_meter: bool, n: int, env: dict) -> float:
     return json.loads(p.stdout.strip().splitlines()[-1])["train_runtime"]
 
 
+def bootstrap_median(xs: list[float], n: int = 5000, seed: int = 1) -> tuple[float, float]:
+    """The 5th and 95th percentiles of the median of ``xs`` resampled with replacement: on this
+    noisy a machine the median alone says too little."""
+    import random
+
+    rng = random.Random(seed)
+    meds = sorted(statistics.median(rng.choices(xs, k=len(xs))) for _ in range(n))
+    return meds[int(0.05 * n)], meds[int(0.95 * n) - 1]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=11)
@@ -86,12 +96,14 @@ def main() -> int:
         ratios.append(got[True] / got[False])
     import meter
 
+    lo, hi = bootstrap_median(ratios)
     lines = [f"meter {meter.__version__}, {time.strftime('%Y-%m-%d')}, Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, "
              f"transformers {__import__('transformers').__version__}; {'2 emulated GPUs' if a.gpus else 'no GPU (METER_GPUS=none)'}; "
              f"{a.samples} samples, batch 8, {a.reps} pairs in fresh processes, alternating", "",
              "| measure | with MeterCallback | without | ratio | target |", "|---|---|---|---|---|",
              f"| train_runtime (median) | {statistics.median(w):.3f} s | {statistics.median(wo):.3f} s | "
              f"{statistics.median(ratios):.3f} (median of pair ratios) | ≤ 1.10 (goal 1.05) |",
+             "", f"90 % bootstrap interval of the median ratio: {lo:.3f}-{hi:.3f}",
              "", "Pair ratios: " + ", ".join(f"{r:.3f}" for r in ratios)]
     text = "\n".join(lines) + "\n"
     print(text)
