@@ -134,18 +134,66 @@ def test_mmio_duplicate_and_mirrored_dies_read_once(tmp_path):
     sensor.close()
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file; covered by test_permission_fault_via_sensor")
+ROOT_ONLY_CHILD = r"""
+import json, sys
+import meter
+m = meter.Meter(write=False, rapl_root=sys.argv[1], gpus="none")
+m.start()
+try:
+    u = [u for u in m.discovery.unavailable if u.sensor == "rapl"]
+    print(json.dumps({"unavailable": [[x.kind, x.hint] for x in u],
+                      "channels": [c.key for c in m._session.odometer.channels]}))
+finally:
+    m.close()
+"""
+
+
 def test_root_only_energy_file_gives_hint_and_estimate(tmp_path):
-    write_rapl_tree(str(tmp_path), {"intel-rapl:0": {"name": "package-0"}})
-    os.chmod(tmp_path / "intel-rapl" / "intel-rapl:0" / "energy_uj", 0o000)
-    m = meter.Meter(write=False, rapl_root=str(tmp_path), gpus="none")
-    m.start()
+    # Linux >= 5.10 makes energy_uj root-only (CVE-2020-8694); users train unprivileged. The Meter
+    # runs in a real child process reading a real mode-000 file; under root (CI, this container)
+    # the child first gives up the capabilities by which root reads any file.
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    root = tempfile.mkdtemp(prefix="meter-rapl-perm-")
     try:
-        u = [u for u in m.discovery.unavailable if u.sensor == "rapl"][0]
-        assert u.kind == "permission" and "CVE-2020-8694" in u.hint
-        assert any(c.key == "cpu:estimate" for c in m._session.odometer.channels)
+        os.chmod(root, 0o755)
+        write_rapl_tree(root, {"intel-rapl:0": {"name": "package-0"}})
+        for dirpath, dirnames, filenames in os.walk(root):
+            for d in dirnames:
+                os.chmod(os.path.join(dirpath, d), 0o755)
+            for f in filenames:
+                os.chmod(os.path.join(dirpath, f), 0o444)
+        energy = os.path.join(root, "intel-rapl", "intel-rapl:0", "energy_uj")
+        os.chmod(energy, 0o000)
+
+        def unprivileged():
+            # Root keeps uid 0 (the interpreter may live under /root) but loses the two
+            # capabilities that let it read any file, from the bounding set, so the exec'd child
+            # has them in neither its permitted nor its effective set.
+            if os.geteuid() == 0:
+                import ctypes
+
+                libc = ctypes.CDLL(None, use_errno=True)
+                for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+                    if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+                        raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+
+        env = {**os.environ, "HOME": root, "METER_OUTPUT_DIR": root}
+        p = subprocess.run([sys.executable, "-c", ROOT_ONLY_CHILD, root], capture_output=True, text=True,
+                           env=env, timeout=120, preexec_fn=unprivileged, cwd=root)
+        assert p.returncode == 0, p.stderr
+        out = json.loads(p.stdout.strip().splitlines()[-1])
+        kinds = [k for k, _ in out["unavailable"]]
+        assert kinds == ["permission"], out
+        assert "CVE-2020-8694" in out["unavailable"][0][1]
+        assert "cpu:estimate" in out["channels"] and "cpu:package-0" not in out["channels"]
     finally:
-        m.close()
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_permission_fault_via_sensor(clock):
