@@ -13,6 +13,12 @@ RAPL: a powercap tree on tmpfs whose package counter a writer thread advances ev
 pauses while meter reads at a span's edges, so the truth is its own unwrapped total, exactly.
 
 Each window (0.02, 0.1, 0.5, 2, 10 s) is repeated; the table gives mean and worst signed error.
+
+First spans (issue 11, item 1): fresh processes, each making a Meter and at once opening spans of
+30-80 ms (with 0-30 ms between them) for its first second, on two emulated GPUs whose counters
+update every 100 ms (square waves 100/300 W and 80/250 W, 0.7 s, offset 0.2 s), then the same
+spans again 3 s after the Meter was made. The table gives median and worst absolute error per
+span and device, against the target (first second: median <= 5 %, worst <= 50 %).
 """
 
 from __future__ import annotations
@@ -41,6 +47,9 @@ MODES = {
 }
 
 
+FIRST_DEVICES = [(100.0, 300.0, 0.7, 0.0), (80.0, 250.0, 0.7, 0.2)]
+
+
 def reps_for(w, quick):
     n = {0.02: 20, 0.1: 20, 0.5: 8, 2.0: 4, 10.0: 2}[w]
     return max(1, n // 4) if quick else n
@@ -65,6 +74,74 @@ def gpu_worker(mode: str, quick: bool) -> None:
                 print(json.dumps({"mode": mode, "window": w, "device": k, "meter_j": d.energy_j, "truth_j": truth,
                                   "provenance": d.provenance, "corrected": d.corrected}), flush=True)
     m.close()
+
+
+def first_spans_worker(seed: int) -> None:
+    """One fresh process: short spans from the moment the Meter is made, then after warm-up."""
+    import random
+
+    import meter
+
+    rng = random.Random(seed)
+    m = meter.Meter(write=False, rapl_root="/nonexistent", gpus="all", sync_cuda=False)
+    t0 = time.monotonic()
+
+    def spans(phase, until):
+        while time.monotonic() - t0 < until:
+            with m.track("step") as s:
+                time.sleep(rng.uniform(0.03, 0.08))
+            time.sleep(rng.uniform(0.0, 0.03))
+            for k, dev in enumerate(FIRST_DEVICES):
+                d = next(x for x in s.result.devices if x.key == f"gpu:{k}")
+                truth = fake_nvml.true_energy_j(dev, s._start.t, s._end.t)
+                print(json.dumps({"phase": phase, "device": k, "meter_j": d.energy_j, "truth_j": truth,
+                                  "provenance": d.provenance, "t": s._start.t - t0}), flush=True)
+
+    with m.track("first"):  # as a Trainer's first stage: short spans from the very start
+        spans("first second", 1.0)
+        time.sleep(max(0.0, 3.0 - (time.monotonic() - t0)))
+        spans("after 3 s", 4.0)
+    m.close()
+
+
+def first_spans_rows(lib: str, quick: bool) -> list[dict]:
+    env = {**os.environ, **fake_nvml.env(lib, FIRST_DEVICES, update_s=0.1)}
+    rows = []
+    for seed in range(3 if quick else 10):
+        p = subprocess.run([sys.executable, __file__, "--first-spans", str(seed)],
+                           capture_output=True, text=True, env=env, check=True)
+        rows += [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
+    return rows
+
+
+def summarize_first(rows) -> str:
+    lines = ["| first spans (2 GPUs, 100 ms updates) | spans × GPUs | mean signed error | median abs. error | worst abs. error "
+             "| 0 J or > 2× truth | labels | target | met |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for phase, target in (("first second", (5.0, 50.0)), ("after 3 s", None)):
+        rs = [r for r in rows if r["phase"] == phase]
+        if not rs:
+            continue
+        signed = [100.0 * (r["meter_j"] - r["truth_j"]) / r["truth_j"] for r in rs]
+        errs = [abs(x) for x in signed]
+        # What a whole 100 ms update (10-30 J here) in a 30-80 ms span, or a silent zero, would give.
+        bad = sum(r["meter_j"] <= 0.0 or r["meter_j"] > 2.0 * r["truth_j"] for r in rs)
+        labels = ", ".join(f"{k} {v}" for k, v in sorted(_count(r["provenance"] for r in rs).items()))
+        med, worst = statistics.median(errs), max(errs)
+        if target is None:
+            tgt, met = "-", "-"
+        else:
+            tgt = f"median ≤ {target[0]:g}%, worst ≤ {target[1]:g}%"
+            met = "yes" if med <= target[0] and worst <= target[1] else "NO"
+        lines.append(f"| {phase} | {len(rs)} | {statistics.mean(signed):+.2f}% | {med:.2f}% | {worst:.2f}% | {bad} | {labels} | {tgt} | {met} |")
+    return "\n".join(lines)
+
+
+def _count(xs):
+    out = {}
+    for x in xs:
+        out[x] = out.get(x, 0) + 1
+    return out
 
 
 class RaplWriter(threading.Thread):
@@ -140,7 +217,11 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="fewer repetitions (for a smoke run)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--first-spans", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.first_spans is not None:
+        first_spans_worker(args.first_spans)
+        return 0
     if args.worker:
         gpu_worker(args.worker, args.quick)
         return 0
@@ -152,7 +233,7 @@ def main(argv=None):
                            capture_output=True, text=True, env=env, check=True)
         rows += [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
     rows += rapl_rows(args.quick)
-    table = summarize(rows)
+    table = summarize(rows) + "\n\n" + summarize_first(first_spans_rows(lib, args.quick))
     header = (f"meter accuracy, {time.strftime('%Y-%m-%d')}, Python {sys.version.split()[0]}, {os.cpu_count()} CPUs; "
               f"signed error = (meter - truth) / truth\n\n")
     print(header + table)
