@@ -147,7 +147,7 @@ class PowerIntegral:
     :meth:`meter.odometer.Odometer.resolve_pending`).
     """
 
-    __slots__ = ("value", "t", "p", "ts", "es", "ps", "keep_s", "min_points")
+    __slots__ = ("value", "t", "p", "ts", "es", "ps", "keep_s", "min_points", "first_t")
 
     def __init__(self, keep: int = 16, keep_s: float = 1.0):
         self.value = 0.0
@@ -158,6 +158,7 @@ class PowerIntegral:
         self.ps: list[float] = []
         self.keep_s = keep_s
         self.min_points = keep
+        self.first_t: float | None = None  # the first poll ever (not only the oldest kept)
 
     def add(self, t: float, power_w: float) -> None:
         if self.t is not None and self.p is not None:
@@ -165,6 +166,8 @@ class PowerIntegral:
                 return  # an older or simultaneous poll (another thread read first) adds nothing
             self.value += (self.p + power_w) * 0.5 * (t - self.t)
         self.t, self.p = t, power_w
+        if self.first_t is None:
+            self.first_t = t
         ts = self.ts
         ts.append(t)
         self.es.append(self.value)
@@ -181,12 +184,16 @@ class PowerIntegral:
     def at(self, t: float, extend_s: float = 0.05) -> float:
         """The integral at ``t``: between the polls around it by the trapezoid; after the newest
         poll, extended at its power for at most ``extend_s`` (an older poll says nothing about
-        now); before the oldest kept poll, that poll's value."""
+        now); before the oldest kept poll, that poll's value, except before the very first poll
+        (a span that closed before the sampler's first poll, on a loaded machine): extended back
+        at the first poll's power, so such a span gets that power times its length, not 0 J."""
         ts = self.ts
         if not ts:
             return self.value
         k = bisect_right(ts, t) - 1
         if k < 0:
+            if ts[0] == self.first_t:
+                return self.es[0] - self.ps[0] * (ts[0] - t)
             return self.es[0]
         t0, e0, p0 = ts[k], self.es[k], self.ps[k]
         if k + 1 < len(ts):

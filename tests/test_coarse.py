@@ -274,3 +274,24 @@ def test_a_late_probe_window_costs_a_few_reads_not_a_dense_period():
     assert sum(after_warm) <= 10 * 4 + 10, per_period
     # And the late changes do not spoil what the probe learns, as fast as the sampler's 1.5 s.
     assert not odo.learning and clock.monotonic() - t0 < 1.6 and abs(odo.period_s(0) - 0.1) < 0.003
+
+
+def test_a_span_that_closed_before_the_first_power_poll_is_not_zero():
+    # On a loaded machine the sampler thread can start late: the first span (5 ms, right after the
+    # Meter starts) opens and closes before any instantaneous-power poll, and the poll its result
+    # makes comes after it. It takes that first poll's power over its length, not 0 J (fresh-clone
+    # CI under load: test_sigkill_during_the_counter_probe_keeps_what_was_measured saw 0 J).
+    clock = FakeClock()
+    nv = FakeNVML([FakeGPU(uuid="GPU-f", power_w=100.0, update_period_s=0.1)], clock=clock)
+    sensor, _, _ = open_nvml(gpus="all", binding=nv, environ={})
+    odo = Odometer([sensor], clock)
+    plan = make_plan(odo.channels)
+    with odo.lock:
+        s = odo.read_edge_locked()
+    nv.advance(0.005)
+    with odo.lock:
+        e = odo.read_edge_locked()
+    nv.advance(0.03)  # the sampler's first poll comes 30 ms after the span
+    odo.read_fast()
+    f = span_energy(s, e, plan, odo.faults)
+    assert f.devices[0].energy_j == pytest.approx(100.0 * 0.005, rel=1e-6)
