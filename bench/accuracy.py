@@ -32,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -126,7 +127,7 @@ def summarize_first(rows) -> str:
         errs = [abs(x) for x in signed]
         # What a whole 100 ms update (10-30 J here) in a 30-80 ms span, or a silent zero, would give.
         bad = sum(r["meter_j"] <= 0.0 or r["meter_j"] > 2.0 * r["truth_j"] for r in rs)
-        labels = ", ".join(f"{k} {v}" for k, v in sorted(_count(r["provenance"] for r in rs).items()))
+        labels = ", ".join(f"{k} {v}" for k, v in sorted(Counter(r["provenance"] for r in rs).items()))
         med, worst = statistics.median(errs), max(errs)
         if target is None:
             tgt, met = "-", "-"
@@ -135,13 +136,6 @@ def summarize_first(rows) -> str:
             met = "yes" if med <= target[0] and worst <= target[1] else "NO"
         lines.append(f"| {phase} | {len(rs)} | {statistics.mean(signed):+.2f}% | {med:.2f}% | {worst:.2f}% | {bad} | {labels} | {tgt} | {met} |")
     return "\n".join(lines)
-
-
-def _count(xs):
-    out = {}
-    for x in xs:
-        out[x] = out.get(x, 0) + 1
-    return out
 
 
 class RaplWriter(threading.Thread):
